@@ -1,0 +1,110 @@
+"""The one interface every backend implements, and the output checks they all share.
+
+A backend turns a model version's files into instances. The scheduler hands an instance a batch of
+requests on the instance's own worker thread and calls, in order, `prepare` (compute_input: gather
+inputs into what the framework takes), `run` (compute_infer: the model itself) and `finish`
+(compute_output: one InferResponse per request). The three are timed apart for the statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from naiad.daemon import datatypes
+from naiad.daemon.errors import Internal, NaiadError
+from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Where one instance runs: its name, KIND_CPU or KIND_GPU, and the GPU's id."""
+    name: str
+    kind: str
+    device_id: int = 0
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """One version of a model on disk, with its completed configuration."""
+    name: str
+    version: int
+    model_dir: Path     # <repository>/<model>
+    version_dir: Path   # <repository>/<model>/<version>
+    config: ModelConfig
+
+
+class ModelInstance:
+    """One loaded copy of a model. Its methods run on the instance's worker thread, one batch at a
+    time; they may block and need not be thread-safe."""
+
+    def prepare(self, requests: list[InferRequest]) -> Any:
+        return requests
+
+    def run(self, prepared: Any) -> Any:
+        raise NotImplementedError
+
+    def finish(self, requests: list[InferRequest], result: Any) -> list[InferResponse]:
+        return result
+
+    def close(self) -> None:
+        """Release what the instance holds; called once, after its last batch."""
+
+
+class Backend:
+    """A framework's loader: one object per backend name, shared by every model that uses it."""
+
+    name = ""
+
+    def complete_config(self, config: ModelConfig, model_dir: Path, version_dirs: list[Path]) -> None:
+        """Fill what the model file tells and config.yaml left out (inputs, outputs, dims)."""
+
+    def create_instance(self, files: ModelFiles, spec: InstanceSpec) -> ModelInstance:
+        raise NotImplementedError
+
+
+class OutputChecker:
+    """Checks a backend's outputs against the model's configuration, once per response: every
+    configured output present, of its data type and shape; then keeps those the request asked for."""
+
+    def __init__(self, config: ModelConfig):
+        self.batching = config.max_batch_size > 0
+        self.outputs = {o.name: o for o in config.output}
+        self.reshapes = {o.name: list(o.dims) for o in config.output if o.reshape is not None}
+
+    def response(self, request: InferRequest, outputs: dict[str, np.ndarray]) -> InferResponse:
+        wanted = request.requested_outputs
+        kept = {}
+        for name in (wanted if wanted is not None else self.outputs):
+            array = outputs.get(name)
+            if array is None:
+                raise Internal(f"the model returned no output '{name}'; it returned "
+                               f"{', '.join(outputs) or 'none'}")
+            kept[name] = self._check(name, request.batch_size, array)
+        return InferResponse(kept)
+
+    def _check(self, name: str, batch_size: int, array: Any) -> np.ndarray:
+        config = self.outputs[name]
+        if not isinstance(array, np.ndarray):
+            raise Internal(f"output '{name}': the model returned {type(array).__name__}, "
+                           f"expected a numpy array")
+        got = datatypes.of_array(array)
+        if got is not config.data_type:
+            raise Internal(f"output '{name}': the model returned {got or array.dtype}, the "
+                           f"configuration says {config.data_type}")
+        dims = config.reshape.shape if config.reshape is not None else config.dims
+        expected = ([batch_size] if self.batching else []) + list(dims)
+        if len(array.shape) != len(expected) or any(e != -1 and e != g
+                                                    for e, g in zip(expected, array.shape)):
+            raise Internal(f"output '{name}': the model returned shape {list(array.shape)}, "
+                           f"expected {expected} (-1: any size)")
+        if name in self.reshapes:
+            array = array.reshape(([batch_size] if self.batching else []) + self.reshapes[name])
+        return array
+
+
+def failed(requests: list[InferRequest], error: NaiadError) -> list[InferResponse]:
+    return [InferResponse(error=error) for _ in requests]

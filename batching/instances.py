@@ -1,0 +1,138 @@
+"""Model instances at work: which instances a model's instance_group asks for, and the worker thread
+that runs each instance's batches off the event loop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from naiad.backends.base import InstanceSpec, ModelInstance, failed
+from naiad.daemon.errors import Internal, NaiadError, Unavailable
+from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.model_config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def instance_specs(config: ModelConfig, gpu_count: int) -> list[InstanceSpec]:
+    """One spec per instance: `count` per CPU group, `count` per listed GPU (or every GPU) per GPU
+    group. Raises Unavailable when a group asks for a GPU this machine does not have."""
+    specs = []
+    for group in config.instance_group:
+        if group.kind == "KIND_GPU":
+            gpus = group.gpus or list(range(gpu_count))
+            if not gpus:
+                raise Unavailable(f"instance_group '{group.name}' is KIND_GPU but this machine has no "
+                                  f"usable NVIDIA GPU; use KIND_CPU (or KIND_AUTO, which falls back "
+                                  f"to the CPU)")
+            missing = [g for g in gpus if g >= gpu_count]
+            if missing:
+                raise Unavailable(f"instance_group '{group.name}' asks for GPU {missing[0]}, but this "
+                                  f"machine has {gpu_count} GPU(s) (ids 0 to {gpu_count - 1})")
+            specs += [InstanceSpec(f"{group.name}_{i}_{gpu}", "KIND_GPU", gpu)
+                      for gpu in gpus for i in range(group.count)]
+        else:
+            specs += [InstanceSpec(f"{group.name}_{i}", "KIND_CPU", 0) for i in range(group.count)]
+    return specs
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request waiting for its response."""
+    request: InferRequest
+    future: asyncio.Future
+    queued_ns: int
+
+
+@dataclass(slots=True)
+class Timings:
+    start_ns: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+Done = Callable[["Worker", list[Pending], list[InferResponse], Timings], None]
+
+
+def execute(model_name: str, instance: ModelInstance, requests: list[InferRequest]
+            ) -> tuple[list[InferResponse], Timings]:
+    """Run one batch through an instance: one response per request, never an exception."""
+    start = time.perf_counter_ns()
+    t1 = t2 = start
+    try:
+        prepared = instance.prepare(requests)
+        t1 = time.perf_counter_ns()
+        result = instance.run(prepared)
+        t2 = time.perf_counter_ns()
+        responses = instance.finish(requests, result)
+    except NaiadError as e:
+        responses = failed(requests, e)
+    except Exception as e:  # the model's own failure: fail this batch, keep serving
+        log.exception("model '%s' failed a batch of %d request(s)", model_name, len(requests))
+        responses = failed(requests, Internal(f"model '{model_name}' failed: {type(e).__name__}: {e}"))
+    end = time.perf_counter_ns()
+    return responses, Timings(start, t1 - start, t2 - t1, end - t2)
+
+
+def _close(model_name: str, instance: ModelInstance) -> None:
+    try:
+        instance.close()
+    except Exception:
+        log.exception("model '%s': closing an instance failed", model_name)
+
+
+class Worker:
+    """One model instance and its thread. `run` hands it a batch from the event loop; when the batch
+    is done, `on_done` is called back on the event loop with one response per request."""
+
+    def __init__(self, model_name: str, instance: ModelInstance, on_done: Done,
+                 loop: asyncio.AbstractEventLoop, name: str):
+        self.model_name = model_name
+        self.instance = instance
+        self.on_done = on_done
+        self.loop = loop
+        self.in_hand = 0  # batches given and not yet done; read and written on the event loop only
+        self.batches: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._work, name=f"naiad-{name}", daemon=True)
+        self.thread.start()
+
+    def run(self, batch: list[Pending]) -> None:
+        self.batches.put(batch)
+
+    def stop(self) -> None:
+        """Finish the batches in hand, then close the instance and end the thread (blocks)."""
+        self.batches.put(None)
+        self.thread.join()
+
+    def _work(self) -> None:
+        while (batch := self.batches.get()) is not None:
+            responses, timings = execute(self.model_name, self.instance, [p.request for p in batch])
+            self.loop.call_soon_threadsafe(self.on_done, self, batch, responses, timings)
+        _close(self.model_name, self.instance)
+
+
+class InlineWorker:
+    """An instance that runs its batches on the event loop itself, for models that take microseconds:
+    a hand-off to a thread costs more than they do (see docs/benchmarks.md). A slow model here stalls
+    every request of the server, so it is only used when a model's configuration asks for it."""
+
+    def __init__(self, model_name: str, instance: ModelInstance, on_done: Done,
+                 loop: asyncio.AbstractEventLoop, name: str):
+        self.model_name = model_name
+        self.instance = instance
+        self.on_done = on_done
+        self.loop = loop
+        self.in_hand = 0
+
+    def run(self, batch: list[Pending]) -> None:
+        responses, timings = execute(self.model_name, self.instance, [p.request for p in batch])
+        # called back on the next turn of the loop, so that dispatching never recurses
+        self.loop.call_soon(self.on_done, self, batch, responses, timings)
+
+    def stop(self) -> None:
+        _close(self.model_name, self.instance)

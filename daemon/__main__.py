@@ -1,0 +1,5 @@
+import sys
+
+from naiad.daemon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""The `naiad` command: `naiad serve` runs the server, `naiad validate PATH` checks a repository."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from naiad.daemon import VERSION, repository
+from naiad.daemon.registry import MODES, read_model
+from naiad.daemon.server import serve
+from naiad.daemon.settings import Settings
+
+log = logging.getLogger("naiad")
+
+
+def _flag_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="naiad", description="A model server that speaks Triton's "
+                                     "protocol over gRPC and HTTP.")
+    parser.add_argument("--version", action="version", version=f"naiad {VERSION}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model repository")
+    d = Settings()
+    serve.add_argument("--model-repository", type=Path, default=d.model_repository,
+                       help="the folder of models (default: %(default)s)")
+    serve.add_argument("--model-control-mode", choices=MODES, default=d.model_control_mode,
+                       help="none: load all at start; poll: also follow changes on disk; explicit: "
+                            "load only --load-model and what the repository API asks for")
+    serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                       help="in explicit mode, a model to load at start (repeatable; * for all)")
+    serve.add_argument("--repository-poll-secs", type=float, default=d.repository_poll_secs,
+                       help="in poll mode, seconds between looks at the repository")
+    serve.add_argument("--http-address", default=d.http_address)
+    serve.add_argument("--http-port", type=int, default=d.http_port)
+    serve.add_argument("--grpc-address", default=d.grpc_address)
+    serve.add_argument("--grpc-port", type=int, default=d.grpc_port)
+    serve.add_argument("--allow-http", type=_flag_bool, default=d.allow_http, metavar="BOOL")
+    serve.add_argument("--allow-grpc", type=_flag_bool, default=d.allow_grpc, metavar="BOOL")
+    serve.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes,
+                       help="largest request body (HTTP) or message (gRPC) taken")
+    serve.add_argument("--exit-timeout-secs", type=float, default=d.exit_timeout_secs,
+                       help="at shutdown, how long requests in flight may take to finish")
+    serve.add_argument("--log-verbose", type=int, default=d.log_verbose, metavar="LEVEL",
+                       help="0: info; 1 or more: debug")
+
+    validate = commands.add_parser("validate", help="check a model repository without serving it")
+    validate.add_argument("path", type=Path)
+    return parser
+
+
+def _validate(path: Path) -> int:
+    """Print every problem of every model; exit status 1 when there is any."""
+    if not path.is_dir():
+        print(f"{path}: not a folder")
+        return 1
+    names = repository.model_names(path)
+    problems = 0
+    for name in names:
+        try:
+            prepared = read_model(path / name, name)
+        except Exception as e:
+            found = getattr(e, "problems", None) or [str(e)]
+            problems += len(found)
+            for problem in found:
+                print(f"{name}: {problem}")
+        else:
+            versions = ", ".join(str(v) for v in prepared.versions)
+            print(f"{name}: ok (backend {prepared.config.backend}, version {versions})")
+    print(f"{len(names)} model(s), {problems} problem(s)")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "validate":
+        return _validate(args.path)
+    logging.basicConfig(level=logging.DEBUG if args.log_verbose else logging.INFO,
+                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s", stream=sys.stderr)
+    settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
+    try:
+        asyncio.run(serve(settings))
+    except OSError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

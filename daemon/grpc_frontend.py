@@ -1,0 +1,328 @@
+"""The gRPC frontend: inference.GRPCInferenceService and grpc.health.v1.Health on grpc.aio.
+Translates protobuf messages to naiad's core types and back; nothing else happens here."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from naiad.daemon import datatypes, server_metadata
+from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
+from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.model_config import to_dict
+from naiad.daemon.registry import Registry
+from naiad.proto import grpc_service_pb2 as pb
+from naiad.proto import health_pb2, model_config_pb2
+
+log = logging.getLogger(__name__)
+
+# typed contents field for each datatype (FP16 and BF16 have none: they travel raw)
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+# --- wire to core --------------------------------------------------------------------------------
+
+def _parameter(value: pb.InferParameter):
+    choice = value.WhichOneof("parameter_choice")
+    return getattr(value, choice) if choice else None
+
+
+def _parameters(params) -> dict:
+    return {key: _parameter(value) for key, value in params.items()}
+
+
+def _check_no_shared_memory(kind: str, name: str, params) -> None:
+    if any(key in params for key in SHARED_MEMORY_KEYS):
+        raise Unimplemented(f"{kind} '{name}': shared-memory tensors are not supported yet; "
+                            f"send the data in the request")
+
+
+def _from_contents(tensor, datatype: datatypes.DataType, shape: list[int]) -> np.ndarray:
+    field = CONTENTS_FIELD.get(datatype.name)
+    if field is None:
+        raise InvalidArgument(f"input '{tensor.name}': {datatype} data must be sent in "
+                              f"raw_input_contents")
+    values = getattr(tensor.contents, field)
+    count = datatypes.element_count(shape)
+    if len(values) != count:
+        raise InvalidArgument(f"input '{tensor.name}': shape {shape} needs {count} elements, "
+                              f"{field} holds {len(values)}")
+    if datatype is datatypes.BYTES:
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.array(values, dtype=datatype.numpy).reshape(shape)
+    except OverflowError:
+        raise InvalidArgument(f"input '{tensor.name}': a value in {field} does not fit {datatype}")
+
+
+def decode_request(message: pb.ModelInferRequest) -> InferRequest:
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidArgument(f"raw_input_contents holds {len(raw)} entries for {len(message.inputs)} "
+                              f"inputs; send one per input, in the order of `inputs`")
+    inputs = {}
+    for i, tensor in enumerate(message.inputs):
+        name = tensor.name
+        datatype = datatypes.BY_NAME.get(tensor.datatype)
+        if datatype is None:
+            raise InvalidArgument(f"input '{name}': unknown datatype '{tensor.datatype}'; expected one "
+                                  f"of {', '.join(datatypes.BY_NAME)}")
+        if name in inputs:
+            raise InvalidArgument(f"input '{name}' appears twice in the request")
+        if tensor.parameters:
+            _check_no_shared_memory("input", name, tensor.parameters)
+        shape = datatypes.check_shape(name, tensor.shape)
+        if raw:
+            inputs[name] = datatypes.from_raw(name, datatype, shape, raw[i])
+        else:
+            inputs[name] = _from_contents(tensor, datatype, shape)
+    requested = None
+    if message.outputs:
+        requested = []
+        for output in message.outputs:
+            if output.parameters:
+                _check_no_shared_memory("output", output.name, output.parameters)
+                if "classification" in output.parameters:
+                    raise Unimplemented(f"output '{output.name}': the classification extension is "
+                                        f"not supported yet")
+            requested.append(output.name)
+    parameters = _parameters(message.parameters) if message.parameters else {}
+    return InferRequest(message.model_name, message.model_version, inputs, requested, message.id,
+                        parameters, _int_parameter(parameters, "priority"),
+                        _int_parameter(parameters, "timeout"))
+
+
+def _int_parameter(parameters: dict, key: str) -> int:
+    value = parameters.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"request parameter '{key}': expected an integer >= 0, got {value!r}")
+    return value
+
+
+# --- core to wire --------------------------------------------------------------------------------
+
+def _set_parameter(target: pb.InferParameter, value) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def encode_response(request: InferRequest, model_version: str, response: InferResponse
+                    ) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(model_name=request.model_name, model_version=model_version,
+                                    id=request.id)
+    outputs = message.outputs
+    raw = message.raw_output_contents
+    for name, array in response.outputs.items():
+        outputs.add(name=name, datatype=datatypes.of_array(array).name, shape=array.shape)
+        raw.append(datatypes.to_raw(array))
+    for key, value in response.parameters.items():
+        _set_parameter(message.parameters[key], value)
+    return message
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+def _rpc(method):
+    """Map naiad's errors to gRPC status codes; an unexpected error becomes INTERNAL, logged."""
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except NaiadError as e:
+            await context.abort(grpc.StatusCode[e.code.grpc_name], e.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:
+            log.exception("gRPC %s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+    return wrapper
+
+
+def _unimplemented(what: str):
+    async def method(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported yet")
+    return method
+
+
+class InferenceService:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        request = decode_request(message)
+        served = self.registry.get(request.model_name, request.model_version)
+        response = await served.infer(request)
+        return encode_response(request, served.version_text, response)
+
+    @_rpc
+    async def ModelInfer(self, message, context):
+        return await self._infer(message)
+
+    async def ModelStreamInfer(self, messages, context):
+        """Each request runs as it arrives; each response (or its error) is written as it is done."""
+        done: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def one(message):
+            try:
+                await done.put(pb.ModelStreamInferResponse(infer_response=await self._infer(message)))
+            except NaiadError as e:
+                await done.put(pb.ModelStreamInferResponse(
+                    error_message=e.message,
+                    infer_response=pb.ModelInferResponse(model_name=message.model_name,
+                                                         model_version=message.model_version,
+                                                         id=message.id)))
+
+        async def read():
+            try:
+                async for message in messages:
+                    task = asyncio.create_task(one(message))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            finally:
+                await asyncio.gather(*running, return_exceptions=True)
+                await done.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await done.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+
+    @_rpc
+    async def ServerLive(self, message, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(self, message, context):
+        return pb.ServerReadyResponse(ready=self.registry.ready)
+
+    @_rpc
+    async def ModelReady(self, message, context):
+        return pb.ModelReadyResponse(ready=self.registry.is_ready(message.name, message.version))
+
+    @_rpc
+    async def ServerMetadata(self, message, context):
+        return json_format.ParseDict(server_metadata(), pb.ServerMetadataResponse())
+
+    @_rpc
+    async def ModelMetadata(self, message, context):
+        served = self.registry.get(message.name, message.version)
+        metadata = served.metadata()
+        metadata["versions"] = self.registry.versions_of(message.name)
+        return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
+
+    @_rpc
+    async def ModelConfig(self, message, context):
+        served = self.registry.get(message.name, message.version)
+        config = json_format.ParseDict(to_dict(served.config), model_config_pb2.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    @_rpc
+    async def ModelStatistics(self, message, context):
+        stats = self.registry.statistics(message.name, message.version)
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+    @_rpc
+    async def RepositoryIndex(self, message, context):
+        rows = self.registry.index(ready_only=message.ready)
+        return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
+
+    @_rpc
+    async def RepositoryModelLoad(self, message, context):
+        config, files = None, {}
+        for key, value in message.parameters.items():
+            if key == "config":
+                config = value.string_param
+            elif key.startswith("file:"):
+                files[key[len("file:"):]] = value.bytes_param
+            else:
+                raise InvalidArgument(f"load parameter '{key}' is not known; known: config, "
+                                      f"file:<version>/<name>")
+        await self.registry.load(message.model_name, config, files or None)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, message, context):
+        await self.registry.unload(message.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    SystemSharedMemoryStatus = _unimplemented("system shared memory")
+    SystemSharedMemoryRegister = _unimplemented("system shared memory")
+    SystemSharedMemoryUnregister = _unimplemented("system shared memory")
+    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
+    TraceSetting = _unimplemented("tracing")
+    LogSettings = _unimplemented("changing log settings at run time")
+
+
+class HealthService:
+    """grpc.health.v1: SERVING once the server is ready (the overall service "" and the inference
+    service by name)."""
+    SERVICES = ("", "inference.GRPCInferenceService")
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    async def Check(self, message, context):
+        if message.service not in self.SERVICES:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{message.service}'")
+        status = (health_pb2.HealthCheckResponse.SERVING if self.registry.ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+def _handler(service, module, descriptor) -> grpc.GenericRpcHandler:
+    """Register every method of a service descriptor with its message classes."""
+    handlers = {}
+    for method in descriptor.methods:
+        request_class = getattr(module, method.input_type.name)
+        response_class = getattr(module, method.output_type.name)
+        kind = (grpc.stream_stream_rpc_method_handler if method.client_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[method.name] = kind(getattr(service, method.name),
+                                     request_deserializer=request_class.FromString,
+                                     response_serializer=response_class.SerializeToString)
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+async def start(registry: Registry, address: str, port: int, max_message_bytes: int
+                ) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+    ])
+    server.add_generic_rpc_handlers((
+        _handler(InferenceService(registry), pb, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]),
+        _handler(HealthService(registry), health_pb2, health_pb2.DESCRIPTOR.services_by_name["Health"]),
+    ))
+    try:
+        bound = server.add_insecure_port(f"{address}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise OSError(f"gRPC frontend cannot listen on {address}:{port}; is the port in use?")
+    await server.start()
+    log.info("gRPC frontend listening on %s:%d", address, port)
+    return server

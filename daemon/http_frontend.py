@@ -1,0 +1,367 @@
+"""The HTTP/REST frontend: KServe v2 endpoints and Triton's extensions on aiohttp, with JSON tensors and
+the binary tensor data extension. Translates HTTP to naiad's core types and back; nothing else."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from naiad.daemon import datatypes, server_metadata
+from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
+from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.model_config import to_dict
+from naiad.daemon.registry import Registry
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_INTEGER_KINDS = "iu"
+_JSON_NAMES = {dict: "object", list: "list", str: "string"}
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(value).encode(), status=status, content_type="application/json")
+
+
+def _error(message: str, status: int) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def _parse_json(body: bytes, what: str) -> Any:
+    try:
+        return json.loads(body) if body else {}
+    except (ValueError, RecursionError) as e:
+        raise InvalidArgument(f"{what} is not valid JSON: {e}")
+
+
+def _field(container: dict, key: str, kind: type, where: str, required: bool = True):
+    """container[key], checked to be of `kind` (a JSON object, list or string)."""
+    value = container.get(key)
+    if value is None:
+        if required:
+            raise InvalidArgument(f"{where}: missing '{key}'")
+        return None
+    if not isinstance(value, kind):
+        raise InvalidArgument(f"{where}: '{key}' must be a JSON {_JSON_NAMES[kind]}, got "
+                              f"{json.dumps(value)[:40]}")
+    return value
+
+
+# --- wire to core --------------------------------------------------------------------------------
+
+def _flatten(data: Any, out: list) -> list:
+    if isinstance(data, list):
+        for item in data:
+            _flatten(item, out)
+    else:
+        out.append(data)
+    return out
+
+
+def _from_json(name: str, datatype: datatypes.DataType, shape: list[int], data: Any) -> np.ndarray:
+    count = datatypes.element_count(shape)
+    if datatype is datatypes.BYTES:
+        flat = _flatten(data, [])
+        if len(flat) != count:
+            raise InvalidArgument(f"input '{name}': shape {shape} needs {count} elements, data holds "
+                                  f"{len(flat)}")
+        array = np.empty(count, dtype=object)
+        for i, value in enumerate(flat):
+            if not isinstance(value, str):
+                raise InvalidArgument(f"input '{name}': BYTES data in JSON must be strings, element "
+                                      f"{i} is {json.dumps(value)[:40]}")
+            array[i] = value.encode()
+        return array.reshape(shape)
+    try:
+        array = np.array(data)
+    except (ValueError, RecursionError):
+        raise InvalidArgument(f"input '{name}': data must be a flat or nested (row-major) list of "
+                              f"numbers of one shape")
+    if array.size != count:
+        raise InvalidArgument(f"input '{name}': shape {shape} needs {count} elements, data holds "
+                              f"{array.size}")
+    kind = datatype.numpy.kind
+    allowed = {"b": "b", "i": _INTEGER_KINDS, "u": _INTEGER_KINDS}.get(kind, "iuf")
+    if count and array.dtype.kind not in allowed:
+        expected = {"b": "true/false", "i": "integers", "u": "integers"}.get(kind, "numbers")
+        raise InvalidArgument(f"input '{name}': {datatype} data must be {expected}, got "
+                              f"{json.dumps(array.reshape(-1)[:1].tolist())[1:-1]}")
+    if count and kind in _INTEGER_KINDS:
+        info = np.iinfo(datatype.numpy)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidArgument(f"input '{name}': a value is outside the range of {datatype} "
+                                  f"({info.min} to {info.max})")
+    return array.astype(datatype.numpy).reshape(shape)
+
+
+def decode_request(model: str, version: str, body: bytes, header_length: str | None) -> tuple[
+        InferRequest, bool, dict[str, bool]]:
+    """The request; whether outputs go back as binary data by default; and, per requested output,
+    whether that one does."""
+    binary = memoryview(b"")
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            length = -1
+        if not 0 < length <= len(body):
+            raise InvalidArgument(f"{HEADER_LENGTH} must be the JSON header's length, from 1 to the "
+                                  f"body's {len(body)} bytes; got '{header_length}'")
+        binary = memoryview(body)[length:]
+        body = body[:length]
+    header = _parse_json(body, "the request's JSON header")
+    if not isinstance(header, dict):
+        raise InvalidArgument("the request must be a JSON object with 'inputs'")
+    parameters = _field(header, "parameters", dict, "request", required=False) or {}
+    offset = 0
+    inputs = {}
+    for i, tensor in enumerate(_field(header, "inputs", list, "request")):
+        where = f"inputs[{i}]"
+        if not isinstance(tensor, dict):
+            raise InvalidArgument(f"{where}: expected an object with name, datatype, shape, data")
+        name = _field(tensor, "name", str, where)
+        where = f"input '{name}'"
+        if name in inputs:
+            raise InvalidArgument(f"{where} appears twice in the request")
+        text = _field(tensor, "datatype", str, where)
+        datatype = datatypes.BY_NAME.get(text)
+        if datatype is None:
+            raise InvalidArgument(f"{where}: unknown datatype '{text}'; expected one of "
+                                  f"{', '.join(datatypes.BY_NAME)}")
+        shape = datatypes.check_shape(name, _field(tensor, "shape", list, where))
+        tensor_params = _field(tensor, "parameters", dict, where, required=False) or {}
+        if any(key in tensor_params for key in SHARED_MEMORY_KEYS):
+            raise Unimplemented(f"{where}: shared-memory tensors are not supported yet")
+        size = tensor_params.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary) - offset:
+                raise InvalidArgument(f"{where}: binary_data_size {size!r} does not fit the "
+                                      f"{len(binary) - offset} bytes of binary data left")
+            inputs[name] = datatypes.from_raw(name, datatype, shape, binary[offset:offset + size])
+            offset += size
+        elif "data" in tensor:
+            inputs[name] = _from_json(name, datatype, shape, tensor["data"])
+        else:
+            raise InvalidArgument(f"{where}: give its values in 'data' or as binary data with "
+                                  f"parameters.binary_data_size")
+    if offset != len(binary):
+        raise InvalidArgument(f"{len(binary) - offset} bytes of binary data follow the inputs that "
+                              f"binary_data_size accounts for")
+    binary_default = parameters.get("binary_data_output") is True
+    requested, binary_outputs = None, {}
+    outputs = _field(header, "outputs", list, "request", required=False)
+    if outputs is not None:
+        requested = []
+        for i, output in enumerate(outputs):
+            if not isinstance(output, dict):
+                raise InvalidArgument(f"outputs[{i}]: expected an object with 'name'")
+            name = _field(output, "name", str, f"outputs[{i}]")
+            output_params = _field(output, "parameters", dict, f"output '{name}'", required=False) or {}
+            if any(key in output_params for key in SHARED_MEMORY_KEYS):
+                raise Unimplemented(f"output '{name}': shared-memory tensors are not supported yet")
+            if "classification" in output_params:
+                raise Unimplemented(f"output '{name}': the classification extension is not "
+                                    f"supported yet")
+            requested.append(name)
+            binary_outputs[name] = output_params.get("binary_data", binary_default) is True
+    request_id = header.get("id", "")
+    request = InferRequest(model, version, inputs, requested,
+                           request_id if isinstance(request_id, str) else str(request_id), parameters,
+                           _int_parameter(parameters, "priority"), _int_parameter(parameters, "timeout"))
+    return request, binary_default, binary_outputs
+
+
+def _int_parameter(parameters: dict, key: str) -> int:
+    value = parameters.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"request parameter '{key}': expected an integer >= 0, got {value!r}")
+    return value
+
+
+# --- core to wire --------------------------------------------------------------------------------
+
+def _to_json(name: str, array: np.ndarray) -> list:
+    flat = array.reshape(-1)
+    if flat.dtype == object or flat.dtype.kind in "SU":
+        try:
+            return [datatypes.element_bytes(v).decode() for v in flat]
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"output '{name}' holds bytes that are not UTF-8 text, which JSON "
+                                  f"cannot carry; ask for it with parameters.binary_data: true")
+    if flat.dtype.kind == "f" and flat.dtype.itemsize < 4 or flat.dtype == datatypes.BF16.numpy:
+        flat = flat.astype(np.float32)
+    return flat.tolist()
+
+
+def encode_response(request: InferRequest, model_version: str, response: InferResponse,
+                    binary_default: bool, binary_outputs: dict[str, bool]) -> web.Response:
+    outputs, chunks = [], []
+    for name, array in response.outputs.items():
+        entry = {"name": name, "datatype": datatypes.of_array(array).name, "shape": list(array.shape)}
+        if binary_outputs.get(name, binary_default):
+            raw = datatypes.to_raw(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _to_json(name, array)
+        outputs.append(entry)
+    header = {"model_name": request.model_name, "model_version": model_version, "outputs": outputs}
+    if request.id:
+        header["id"] = request.id
+    if response.parameters:
+        header["parameters"] = response.parameters
+    body = json.dumps(header).encode()
+    if not chunks:
+        return web.Response(body=body, content_type="application/json")
+    return web.Response(body=b"".join([body, *chunks]), content_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(body))})
+
+
+# --- the endpoints -------------------------------------------------------------------------------
+
+@web.middleware
+async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every error leaves as {"error": "..."} with the status its kind maps to."""
+    try:
+        return await handler(request)
+    except NaiadError as e:
+        return _error(e.message, e.code.http_status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(f"{request.method} {request.path}: {e.reason}", e.status)
+    except Exception as e:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return _error(f"{type(e).__name__}: {e}", 500)
+
+
+class Endpoints:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def _model(self, request: web.Request):
+        info = request.match_info
+        return self.registry.get(info["model"], info.get("version", ""))
+
+    async def live(self, request):
+        return web.Response()
+
+    async def ready(self, request):
+        return web.Response(status=200 if self.registry.ready else 400)
+
+    async def server_metadata(self, request):
+        return _json(server_metadata())
+
+    async def model_metadata(self, request):
+        served = self._model(request)
+        metadata = served.metadata()
+        metadata["versions"] = self.registry.versions_of(served.name)
+        return _json(metadata)
+
+    async def model_ready(self, request):
+        info = request.match_info
+        ready = self.registry.is_ready(info["model"], info.get("version", ""))
+        return web.Response(status=200 if ready else 400)
+
+    async def model_config(self, request):
+        return _json(to_dict(self._model(request).config))
+
+    async def infer(self, request):
+        info = request.match_info
+        body = await request.read()
+        infer_request, binary_default, binary_outputs = decode_request(
+            info["model"], info.get("version", ""), body, request.headers.get(HEADER_LENGTH))
+        served = self.registry.get(infer_request.model_name, infer_request.model_version)
+        response = await served.infer(infer_request)
+        return encode_response(infer_request, served.version_text, response, binary_default,
+                               binary_outputs)
+
+    async def statistics(self, request):
+        info = request.match_info
+        return _json({"model_stats": self.registry.statistics(info.get("model", ""),
+                                                              info.get("version", ""))})
+
+    async def repository_index(self, request):
+        body = _parse_json(await request.read(), "the request body")
+        ready = isinstance(body, dict) and body.get("ready") is True
+        return _json(self.registry.index(ready_only=ready))
+
+    async def load(self, request):
+        parameters = self._parameters(await request.read())
+        config, files = None, {}
+        for key, value in parameters.items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise InvalidArgument("load parameter 'config' must be the configuration as a "
+                                          "JSON string")
+                config = value
+            elif key.startswith("file:"):
+                try:
+                    files[key[len("file:"):]] = base64.b64decode(value, validate=True)
+                except (binascii.Error, TypeError, ValueError):
+                    raise InvalidArgument(f"load parameter '{key}' must be base64-encoded file contents")
+            else:
+                raise InvalidArgument(f"load parameter '{key}' is not known; known: config, "
+                                      f"file:<version>/<name>")
+        await self.registry.load(request.match_info["model"], config, files or None)
+        return web.Response()
+
+    async def unload(self, request):
+        self._parameters(await request.read())
+        await self.registry.unload(request.match_info["model"])
+        return web.Response()
+
+    @staticmethod
+    def _parameters(body: bytes) -> dict:
+        parsed = _parse_json(body, "the request body")
+        parameters = parsed.get("parameters", {}) if isinstance(parsed, dict) else None
+        if not isinstance(parameters, dict):
+            raise InvalidArgument("the request body must be a JSON object with an object 'parameters'")
+        return parameters
+
+
+def _unimplemented(what: str):
+    async def handler(request):
+        raise Unimplemented(f"{what} is not supported yet")
+    return handler
+
+
+def make_app(registry: Registry, max_body_bytes: int) -> web.Application:
+    e = Endpoints(registry)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
+    model = "/v2/models/{model}"
+    versioned = model + "/versions/{version}"
+    app.router.add_get("/v2/health/live", e.live)
+    app.router.add_get("/v2/health/ready", e.ready)
+    app.router.add_get("/v2", e.server_metadata)
+    app.router.add_get("/v2/models/stats", e.statistics)
+    for base in (model, versioned):
+        app.router.add_get(base, e.model_metadata)
+        app.router.add_get(base + "/ready", e.model_ready)
+        app.router.add_get(base + "/config", e.model_config)
+        app.router.add_post(base + "/infer", e.infer)
+        app.router.add_get(base + "/stats", e.statistics)
+    app.router.add_post("/v2/repository/index", e.repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", e.load)
+    app.router.add_post("/v2/repository/models/{model}/unload", e.unload)
+    for kind, what in (("systemsharedmemory", "system shared memory"),
+                       ("cudasharedmemory", "CUDA shared memory")):
+        app.router.add_route("*", f"/v2/{kind}/{{tail:.*}}", _unimplemented(what))
+    app.router.add_route("*", "/v2/trace/setting", _unimplemented("tracing"))
+    app.router.add_route("*", model + "/trace/setting", _unimplemented("tracing"))
+    app.router.add_route("*", "/v2/logging", _unimplemented("changing log settings at run time"))
+    return app
+
+
+async def start(registry: Registry, address: str, port: int, max_body_bytes: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(registry, max_body_bytes), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address, port, reuse_port=False).start()
+    log.info("HTTP frontend listening on %s:%d", address, port)
+    return runner

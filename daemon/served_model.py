@@ -1,0 +1,144 @@
+"""One version of a model that is loaded and serving: its configuration, the per-request checks
+precomputed from it, its scheduler and its statistics."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from naiad.batching.scheduler import Scheduler
+from naiad.daemon import datatypes
+from naiad.daemon.datatypes import DataType
+from naiad.daemon.errors import InvalidArgument, NaiadError
+from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.model_config import ModelConfig, shape_text
+from naiad.daemon.statistics import ModelStatistics
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]
+    reshape: tuple[int, ...] | None
+    shape_text: str     # as clients see it, for messages: [-1,16]
+
+    def describe(self) -> str:
+        return f"'{self.name}' ({self.datatype} {self.shape_text})"
+
+
+class ServedModel:
+    def __init__(self, name: str, version: int, config: ModelConfig, scheduler: Scheduler,
+                 stats: ModelStatistics):
+        self.name = name
+        self.version = version
+        self.version_text = str(version)
+        self.config = config
+        self.scheduler = scheduler
+        self.stats = stats
+        self.max_batch_size = config.max_batch_size
+        self.inputs = {
+            i.name: InputSpec(i.name, i.data_type, tuple(i.dims),
+                              tuple(i.reshape.shape) if i.reshape is not None else None,
+                              shape_text(i.dims, config.max_batch_size))
+            for i in config.input}
+        optional = {i.name for i in config.input if i.optional}
+        self.required = [spec for spec in self.inputs.values() if spec.name not in optional]
+        self.output_names = [o.name for o in config.output]
+
+    # --- the request path -------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Check the request, run it, and return its response; raises NaiadError on failure."""
+        start = time.perf_counter_ns()
+        try:
+            self.check(request)
+            response = await self.scheduler.infer(request)
+            if response.error is not None:
+                raise response.error
+        except NaiadError:
+            self.stats.fail.add(time.perf_counter_ns() - start)
+            raise
+        self.stats.success.add(time.perf_counter_ns() - start)
+        return response
+
+    def check(self, request: InferRequest) -> None:
+        """Every input known and of its type and shape, none missing, batch sizes agree, requested
+        outputs exist. Sets request.batch_size and applies configured reshapes."""
+        inputs = request.inputs
+        batch = None
+        for name, array in inputs.items():
+            spec = self.inputs.get(name)
+            if spec is None:
+                raise InvalidArgument(
+                    f"unexpected input '{name}' for model '{self.name}'; its inputs are "
+                    f"{', '.join(s.describe() for s in self.inputs.values())}")
+            if array.dtype != spec.datatype.numpy:
+                raise InvalidArgument(f"input '{name}': expected datatype {spec.datatype}, got "
+                                      f"{_datatype_name(array)}")
+            shape = array.shape
+            if self.max_batch_size:
+                if len(shape) != len(spec.dims) + 1 or not _dims_match(spec.dims, shape[1:]):
+                    raise InvalidArgument(f"input '{name}': expected shape {spec.shape_text}, got "
+                                          f"{_text(shape)}")
+                if batch is None:
+                    batch = shape[0]
+                    if not 1 <= batch <= self.max_batch_size:
+                        raise InvalidArgument(
+                            f"input '{name}': batch size {batch} is outside 1 to max_batch_size "
+                            f"{self.max_batch_size} of model '{self.name}'")
+                elif shape[0] != batch:
+                    raise InvalidArgument(f"input '{name}': batch size {shape[0]} differs from the "
+                                          f"other inputs' {batch}")
+            elif len(shape) != len(spec.dims) or not _dims_match(spec.dims, shape):
+                raise InvalidArgument(f"input '{name}': expected shape {spec.shape_text}, got "
+                                      f"{_text(shape)}")
+            if spec.reshape is not None:
+                lead = shape[:1] if self.max_batch_size else ()
+                inputs[name] = array.reshape(lead + _resolve(spec.reshape, spec.dims, shape[len(lead):]))
+        if len(inputs) != len(self.inputs):
+            missing = [s for s in self.required if s.name not in inputs]
+            if missing:
+                raise InvalidArgument(f"missing input {missing[0].describe()} for model '{self.name}'")
+        request.batch_size = batch or 1
+        wanted = request.requested_outputs
+        if wanted is not None:
+            for name in wanted:
+                if name not in self.output_names:
+                    raise InvalidArgument(f"unknown output '{name}' requested from model "
+                                          f"'{self.name}'; its outputs are {', '.join(self.output_names)}")
+
+    # --- metadata ---------------------------------------------------------------------------------
+
+    def metadata(self) -> dict:
+        """KServe's model metadata: name, versions, platform, and each tensor's datatype and shape."""
+        batch = [-1] if self.max_batch_size else []
+        return {
+            "name": self.name,
+            "versions": [self.version_text],
+            "platform": self.config.platform or self.config.backend,
+            "inputs": [{"name": i.name, "datatype": i.data_type.name, "shape": batch + list(i.dims)}
+                       for i in self.config.input],
+            "outputs": [{"name": o.name, "datatype": o.data_type.name, "shape": batch + list(o.dims)}
+                        for o in self.config.output],
+        }
+
+
+def _dims_match(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    return all(d == -1 or d == s for d, s in zip(dims, shape))
+
+
+def _resolve(reshape: tuple[int, ...], dims: tuple[int, ...], shape: tuple[int, ...]) -> tuple:
+    """The reshape target with its -1 sizes taken, in order, from the request's variable sizes."""
+    variable = iter(s for d, s in zip(dims, shape) if d == -1)
+    return tuple(next(variable) if r == -1 else r for r in reshape)
+
+
+def _text(shape) -> str:
+    return "[" + ",".join(str(s) for s in shape) + "]"
+
+
+def _datatype_name(array: np.ndarray) -> str:
+    found = datatypes.of_array(array)
+    return found.name if found else str(array.dtype)

@@ -1,0 +1,45 @@
+"""Runs the daemon: one asyncio event loop carries the frontends and the schedulers."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from naiad.daemon import grpc_frontend, http_frontend
+from naiad.daemon.registry import Registry
+from naiad.daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM; then stop taking requests, let those in flight finish (up to
+    exit_timeout_secs) and unload every model."""
+    registry = Registry(settings.model_repository, settings.model_control_mode, settings.load_model,
+                        settings.repository_poll_secs)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # The frontends start first: live answers at once, ready once the models have loaded.
+    grpc_server = http_runner = None
+    if settings.allow_grpc:
+        grpc_server = await grpc_frontend.start(registry, settings.grpc_address, settings.grpc_port,
+                                                settings.max_request_bytes)
+    if settings.allow_http:
+        http_runner = await http_frontend.start(registry, settings.http_address, settings.http_port,
+                                                settings.max_request_bytes)
+    try:
+        starting = asyncio.create_task(registry.start())
+        await stop.wait()
+        log.info("shutting down")
+        starting.cancel()
+    finally:
+        registry.ready = False
+        if grpc_server is not None:
+            await grpc_server.stop(settings.exit_timeout_secs)
+        if http_runner is not None:
+            await http_runner.shutdown()
+            await http_runner.cleanup()
+        await asyncio.wait_for(registry.close(), settings.exit_timeout_secs)
+    log.info("stopped")
