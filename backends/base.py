@@ -16,7 +16,7 @@ import numpy as np
 from naiad.daemon import datatypes
 from naiad.daemon.errors import Internal, NaiadError
 from naiad.daemon.inference import InferRequest, InferResponse
-from naiad.daemon.model_config import ModelConfig
+from naiad.daemon.model_config import ModelConfig, shape_matches
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,9 @@ class OutputChecker:
     def __init__(self, config: ModelConfig):
         self.batching = config.max_batch_size > 0
         self.outputs = {o.name: o for o in config.output}
+        # the shape the model produces: reshape.shape when given, else dims
+        self.produced = {o.name: tuple(o.reshape.shape if o.reshape is not None else o.dims)
+                         for o in config.output}
         self.reshapes = {o.name: list(o.dims) for o in config.output if o.reshape is not None}
 
     def response(self, request: InferRequest, outputs: dict[str, np.ndarray]) -> InferResponse:
@@ -87,22 +90,26 @@ class OutputChecker:
         return InferResponse(kept)
 
     def _check(self, name: str, batch_size: int, array: Any) -> np.ndarray:
-        config = self.outputs[name]
         if not isinstance(array, np.ndarray):
             raise Internal(f"output '{name}': the model returned {type(array).__name__}, "
                            f"expected a numpy array")
+        expected = self.outputs[name].data_type
         got = datatypes.of_array(array)
-        if got is not config.data_type:
+        if got is not expected:
             raise Internal(f"output '{name}': the model returned {got or array.dtype}, the "
-                           f"configuration says {config.data_type}")
-        dims = config.reshape.shape if config.reshape is not None else config.dims
-        expected = ([batch_size] if self.batching else []) + list(dims)
-        if len(array.shape) != len(expected) or any(e != -1 and e != g
-                                                    for e, g in zip(expected, array.shape)):
-            raise Internal(f"output '{name}': the model returned shape {list(array.shape)}, "
-                           f"expected {expected} (-1: any size)")
+                           f"configuration says {expected}")
+        shape, dims = array.shape, self.produced[name]
+        if self.batching:
+            fits = len(shape) > 0 and shape[0] == batch_size and shape_matches(dims, shape[1:])
+        else:
+            fits = shape_matches(dims, shape)
+        if not fits:
+            full = ([batch_size] if self.batching else []) + list(dims)
+            raise Internal(f"output '{name}': the model returned shape {list(shape)}, "
+                           f"expected {full} (-1: any size)")
         if name in self.reshapes:
-            array = array.reshape(([batch_size] if self.batching else []) + self.reshapes[name])
+            array = array.reshape(shape[:1] + tuple(self.reshapes[name]) if self.batching
+                                  else self.reshapes[name])
         return array
 
 

@@ -71,15 +71,6 @@ def element_count(shape) -> int:
     return math.prod(shape)
 
 
-def check_shape(name: str, shape) -> list[int]:
-    """A request tensor's shape as a list of sizes, each a non-negative integer."""
-    shape = list(shape)
-    for size in shape:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise InvalidArgument(f"input '{name}': shape {shape} must list sizes >= 0")
-    return shape
-
-
 def from_raw(name: str, datatype: DataType, shape: list[int], buffer) -> np.ndarray:
     """Decode one tensor's raw bytes (read-only, no copy for fixed-size types)."""
     count = element_count(shape)

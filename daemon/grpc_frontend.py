@@ -11,8 +11,9 @@ import numpy as np
 from google.protobuf import json_format
 
 from naiad.daemon import datatypes, server_metadata
-from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
-from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.errors import InvalidArgument, NaiadError
+from naiad.daemon.inference import (InferRequest, InferResponse, check_tensor_parameters,
+                                    scheduling_parameters)
 from naiad.daemon.model_config import to_dict
 from naiad.daemon.registry import Registry
 from naiad.proto import grpc_service_pb2 as pb
@@ -27,7 +28,6 @@ CONTENTS_FIELD = {
     "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
     "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
-SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 # --- wire to core --------------------------------------------------------------------------------
@@ -39,12 +39,6 @@ def _parameter(value: pb.InferParameter):
 
 def _parameters(params) -> dict:
     return {key: _parameter(value) for key, value in params.items()}
-
-
-def _check_no_shared_memory(kind: str, name: str, params) -> None:
-    if any(key in params for key in SHARED_MEMORY_KEYS):
-        raise Unimplemented(f"{kind} '{name}': shared-memory tensors are not supported yet; "
-                            f"send the data in the request")
 
 
 def _from_contents(tensor, datatype: datatypes.DataType, shape: list[int]) -> np.ndarray:
@@ -82,33 +76,24 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
         if name in inputs:
             raise InvalidArgument(f"input '{name}' appears twice in the request")
         if tensor.parameters:
-            _check_no_shared_memory("input", name, tensor.parameters)
-        shape = datatypes.check_shape(name, tensor.shape)
+            check_tensor_parameters("input", name, tensor.parameters)
+        shape = list(tensor.shape)
+        if shape and min(shape) < 0:
+            raise InvalidArgument(f"input '{name}': shape {shape} must list sizes >= 0")
         if raw:
             inputs[name] = datatypes.from_raw(name, datatype, shape, raw[i])
         else:
             inputs[name] = _from_contents(tensor, datatype, shape)
-    requested = None
+    request = InferRequest(message.model_name, message.model_version, inputs, id=message.id)
     if message.outputs:
-        requested = []
         for output in message.outputs:
             if output.parameters:
-                _check_no_shared_memory("output", output.name, output.parameters)
-                if "classification" in output.parameters:
-                    raise Unimplemented(f"output '{output.name}': the classification extension is "
-                                        f"not supported yet")
-            requested.append(output.name)
-    parameters = _parameters(message.parameters) if message.parameters else {}
-    return InferRequest(message.model_name, message.model_version, inputs, requested, message.id,
-                        parameters, _int_parameter(parameters, "priority"),
-                        _int_parameter(parameters, "timeout"))
-
-
-def _int_parameter(parameters: dict, key: str) -> int:
-    value = parameters.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgument(f"request parameter '{key}': expected an integer >= 0, got {value!r}")
-    return value
+                check_tensor_parameters("output", output.name, output.parameters)
+        request.requested_outputs = [output.name for output in message.outputs]
+    if message.parameters:
+        request.parameters = _parameters(message.parameters)
+        request.priority, request.timeout_us = scheduling_parameters(request.parameters)
+    return request
 
 
 # --- core to wire --------------------------------------------------------------------------------
@@ -148,7 +133,7 @@ def _rpc(method):
             return await method(self, request, context)
         except NaiadError as e:
             await context.abort(grpc.StatusCode[e.code.grpc_name], e.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except grpc.aio.AbortError:
             raise
         except Exception as e:
             log.exception("gRPC %s failed", method.__name__)
@@ -167,8 +152,8 @@ class InferenceService:
         self.registry = registry
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        served = self.registry.get(message.model_name, message.model_version)
         request = decode_request(message)
-        served = self.registry.get(request.model_name, request.model_version)
         response = await served.infer(request)
         return encode_response(request, served.version_text, response)
 
@@ -184,9 +169,11 @@ class InferenceService:
         async def one(message):
             try:
                 await done.put(pb.ModelStreamInferResponse(infer_response=await self._infer(message)))
-            except NaiadError as e:
+            except Exception as e:
+                if not isinstance(e, NaiadError):
+                    log.exception("gRPC ModelStreamInfer failed")
                 await done.put(pb.ModelStreamInferResponse(
-                    error_message=e.message,
+                    error_message=e.message if isinstance(e, NaiadError) else f"{type(e).__name__}: {e}",
                     infer_response=pb.ModelInferResponse(model_name=message.model_name,
                                                          model_version=message.model_version,
                                                          id=message.id)))

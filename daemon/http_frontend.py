@@ -13,14 +13,14 @@ from aiohttp import web
 
 from naiad.daemon import datatypes, server_metadata
 from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
-from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.inference import (InferRequest, InferResponse, check_tensor_parameters,
+                                    scheduling_parameters)
 from naiad.daemon.model_config import to_dict
 from naiad.daemon.registry import Registry
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _INTEGER_KINDS = "iu"
 _JSON_NAMES = {dict: "object", list: "list", str: "string"}
 
@@ -55,6 +55,13 @@ def _field(container: dict, key: str, kind: type, where: str, required: bool = T
 
 # --- wire to core --------------------------------------------------------------------------------
 
+def _shape(name: str, shape: list) -> list[int]:
+    """A shape from JSON: each size a non-negative integer."""
+    for size in shape:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidArgument(f"input '{name}': shape {shape} must list sizes >= 0")
+    return shape
+
 def _flatten(data: Any, out: list) -> list:
     if isinstance(data, list):
         for item in data:
@@ -87,9 +94,15 @@ def _from_json(name: str, datatype: datatypes.DataType, shape: list[int], data: 
         raise InvalidArgument(f"input '{name}': shape {shape} needs {count} elements, data holds "
                               f"{array.size}")
     kind = datatype.numpy.kind
-    allowed = {"b": "b", "i": _INTEGER_KINDS, "u": _INTEGER_KINDS}.get(kind, "iuf")
+    if count and kind in _INTEGER_KINDS and array.dtype.kind not in _INTEGER_KINDS:
+        # numpy reads integers beyond int64 (large UINT64 values) as floats: check them one by one
+        flat = _flatten(data, [])
+        if not all(type(v) is int for v in flat):
+            raise InvalidArgument(f"input '{name}': {datatype} data must be integers")
+        array = np.array(flat, dtype=object)
+    allowed = {"b": "b", "i": _INTEGER_KINDS + "O", "u": _INTEGER_KINDS + "O"}.get(kind, "iuf")
     if count and array.dtype.kind not in allowed:
-        expected = {"b": "true/false", "i": "integers", "u": "integers"}.get(kind, "numbers")
+        expected = {"b": "true/false"}.get(kind, "numbers")
         raise InvalidArgument(f"input '{name}': {datatype} data must be {expected}, got "
                               f"{json.dumps(array.reshape(-1)[:1].tolist())[1:-1]}")
     if count and kind in _INTEGER_KINDS:
@@ -134,10 +147,9 @@ def decode_request(model: str, version: str, body: bytes, header_length: str | N
         if datatype is None:
             raise InvalidArgument(f"{where}: unknown datatype '{text}'; expected one of "
                                   f"{', '.join(datatypes.BY_NAME)}")
-        shape = datatypes.check_shape(name, _field(tensor, "shape", list, where))
+        shape = _shape(name, _field(tensor, "shape", list, where))
         tensor_params = _field(tensor, "parameters", dict, where, required=False) or {}
-        if any(key in tensor_params for key in SHARED_MEMORY_KEYS):
-            raise Unimplemented(f"{where}: shared-memory tensors are not supported yet")
+        check_tensor_parameters("input", name, tensor_params)
         size = tensor_params.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary) - offset:
@@ -163,25 +175,15 @@ def decode_request(model: str, version: str, body: bytes, header_length: str | N
                 raise InvalidArgument(f"outputs[{i}]: expected an object with 'name'")
             name = _field(output, "name", str, f"outputs[{i}]")
             output_params = _field(output, "parameters", dict, f"output '{name}'", required=False) or {}
-            if any(key in output_params for key in SHARED_MEMORY_KEYS):
-                raise Unimplemented(f"output '{name}': shared-memory tensors are not supported yet")
-            if "classification" in output_params:
-                raise Unimplemented(f"output '{name}': the classification extension is not "
-                                    f"supported yet")
+            check_tensor_parameters("output", name, output_params)
             requested.append(name)
             binary_outputs[name] = output_params.get("binary_data", binary_default) is True
     request_id = header.get("id", "")
+    priority, timeout_us = scheduling_parameters(parameters)
     request = InferRequest(model, version, inputs, requested,
                            request_id if isinstance(request_id, str) else str(request_id), parameters,
-                           _int_parameter(parameters, "priority"), _int_parameter(parameters, "timeout"))
+                           priority, timeout_us)
     return request, binary_default, binary_outputs
-
-
-def _int_parameter(parameters: dict, key: str) -> int:
-    value = parameters.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgument(f"request parameter '{key}': expected an integer >= 0, got {value!r}")
-    return value
 
 
 # --- core to wire --------------------------------------------------------------------------------
@@ -275,9 +277,9 @@ class Endpoints:
     async def infer(self, request):
         info = request.match_info
         body = await request.read()
+        served = self._model(request)
         infer_request, binary_default, binary_outputs = decode_request(
             info["model"], info.get("version", ""), body, request.headers.get(HEADER_LENGTH))
-        served = self.registry.get(infer_request.model_name, infer_request.model_version)
         response = await served.infer(infer_request)
         return encode_response(infer_request, served.version_text, response, binary_default,
                                binary_outputs)

@@ -441,6 +441,11 @@ def to_dict(value: Any) -> Any:
     return value
 
 
+def shape_matches(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a tensor's shape fits configured dims (-1: any size); both as tuples."""
+    return shape == dims or (len(shape) == len(dims) and all(d == -1 or d == s for d, s in zip(dims, shape)))
+
+
 def shape_text(dims: list[int], max_batch_size: int) -> str:
     """A tensor's full shape as clients see it: [-1,16] when the model batches."""
     full = ([-1] if max_batch_size > 0 else []) + list(dims or [])

@@ -171,21 +171,19 @@ class Registry:
                 except Exception as e:
                     failed[version] = "; ".join(_problems(e))
                     log.error("model '%s' version %d failed to load: %s", name, version, failed[version])
+            failure = "; ".join(f"version {v}: {r}" for v, r in failed.items())
             if failed and reloading:
-                await asyncio.gather(*(served.scheduler.close() for served in loaded.values()))
-                if files_dir is not None:
-                    shutil.rmtree(files_dir, ignore_errors=True)
-                reasons = "; ".join(f"version {v}: {r}" for v, r in failed.items())
-                return self._failed(entry, [reasons], reloading)
+                await self._retire(loaded.values(), files_dir)
+                return self._failed(entry, [failure], reloading)
             old, old_dir = entry.versions, entry.files_dir
             entry.publish(loaded)
             entry.failed, entry.files_dir = failed, files_dir
             entry.state = READY if loaded else UNAVAILABLE
-            entry.reason = "" if loaded else "no version loaded"
+            entry.reason = "" if loaded else failure
             for version in sorted(loaded):
                 log.info("model '%s' version %d is ready", name, version)
             await self._retire(old.values(), old_dir)
-            return None if loaded else "; ".join(f"version {v}: {r}" for v, r in failed.items())
+            return None if loaded else failure
 
     def _failed(self, entry: ModelEntry, problems: list[str], reloading: bool) -> str:
         reason = "; ".join(problems)

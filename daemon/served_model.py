@@ -12,7 +12,7 @@ from naiad.daemon import datatypes
 from naiad.daemon.datatypes import DataType
 from naiad.daemon.errors import InvalidArgument, NaiadError
 from naiad.daemon.inference import InferRequest, InferResponse
-from naiad.daemon.model_config import ModelConfig, shape_text
+from naiad.daemon.model_config import ModelConfig, shape_matches, shape_text
 from naiad.daemon.statistics import ModelStatistics
 
 
@@ -79,7 +79,7 @@ class ServedModel:
                                       f"{_datatype_name(array)}")
             shape = array.shape
             if self.max_batch_size:
-                if len(shape) != len(spec.dims) + 1 or not _dims_match(spec.dims, shape[1:]):
+                if not shape or not shape_matches(spec.dims, shape[1:]):
                     raise InvalidArgument(f"input '{name}': expected shape {spec.shape_text}, got "
                                           f"{_text(shape)}")
                 if batch is None:
@@ -91,7 +91,7 @@ class ServedModel:
                 elif shape[0] != batch:
                     raise InvalidArgument(f"input '{name}': batch size {shape[0]} differs from the "
                                           f"other inputs' {batch}")
-            elif len(shape) != len(spec.dims) or not _dims_match(spec.dims, shape):
+            elif not shape_matches(spec.dims, shape):
                 raise InvalidArgument(f"input '{name}': expected shape {spec.shape_text}, got "
                                       f"{_text(shape)}")
             if spec.reshape is not None:
@@ -123,10 +123,6 @@ class ServedModel:
             "outputs": [{"name": o.name, "datatype": o.data_type.name, "shape": batch + list(o.dims)}
                         for o in self.config.output],
         }
-
-
-def _dims_match(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:
-    return all(d == -1 or d == s for d, s in zip(dims, shape))
 
 
 def _resolve(reshape: tuple[int, ...], dims: tuple[int, ...], shape: tuple[int, ...]) -> tuple:
