@@ -58,6 +58,7 @@ class Backend:
     """A framework's loader: one object per backend name, shared by every model that uses it."""
 
     name = ""
+    default_execution = "thread"  # where instances run unless parameters.execution says otherwise
 
     def complete_config(self, config: ModelConfig, model_dir: Path, version_dirs: list[Path]) -> None:
         """Fill what the model file tells and config.yaml left out (inputs, outputs, dims)."""

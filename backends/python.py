@@ -1,7 +1,7 @@
 """The Python backend: `<version>/model.py` defines `TritonPythonModel` (see python_api.py).
 
-Each instance is its own object of the model's class, made from its own import of model.py, and runs
-in the server's process on the instance's worker thread.
+Each instance is its own object of the model's class, made from its own import of model.py. Where it
+runs (a worker process by default, a thread, or the event loop) is the scheduler's business.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def _import(path: Path):
 
 class PythonBackend(Backend):
     name = "python"
+    default_execution = "process"  # the GIL: a thread per instance would not run two at once
 
     def create_instance(self, files: ModelFiles, spec: InstanceSpec) -> ModelInstance:
         filename = files.config.default_model_filename or "model.py"

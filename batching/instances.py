@@ -1,5 +1,12 @@
-"""Model instances at work: which instances a model's instance_group asks for, and the worker thread
-that runs each instance's batches off the event loop."""
+"""Model instances at work: which instances a model's instance_group asks for, and the workers that
+run each instance's batches: a thread per instance, the event loop itself (inline), or a process per
+instance (processes.py).
+
+Every worker offers the scheduler the same small surface, used from the event loop: `attach(on_done,
+on_available)` once, then `run(batch)`, with `on_done(worker, batch, responses, timings)` called back
+when a batch is done and `on_available()` when a worker that was not `available` is again; `in_hand`
+(batches given and not done), `depth` (how many it may hold); and a blocking `stop()`.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from naiad.backends.base import InstanceSpec, ModelInstance, failed
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
@@ -44,8 +51,11 @@ def instance_specs(config: ModelConfig, gpu_count: int) -> list[InstanceSpec]:
 class Pending:
     """A request waiting for its response."""
     request: InferRequest
-    future: asyncio.Future
+    future: asyncio.Future | None
     queued_ns: int
+    deadline_ns: int = 0      # when it times out in the queue; 0: never
+    order: int = 0            # its place in arrival order (preserve_ordering)
+    shapes: Any = None        # what requests must share to be batched together
 
 
 @dataclass(slots=True)
@@ -56,7 +66,7 @@ class Timings:
     output_ns: int
 
 
-Done = Callable[["Worker", list[Pending], list[InferResponse], Timings], None]
+Done = Callable[[Any, list[Pending], list[InferResponse], Timings], None]
 
 
 def execute(model_name: str, instance: ModelInstance, requests: list[InferRequest]
@@ -79,7 +89,7 @@ def execute(model_name: str, instance: ModelInstance, requests: list[InferReques
     return responses, Timings(start, t1 - start, t2 - t1, end - t2)
 
 
-def _close(model_name: str, instance: ModelInstance) -> None:
+def close_instance(model_name: str, instance: ModelInstance) -> None:
     try:
         instance.close()
     except Exception:
@@ -87,19 +97,26 @@ def _close(model_name: str, instance: ModelInstance) -> None:
 
 
 class Worker:
-    """One model instance and its thread. `run` hands it a batch from the event loop; when the batch
-    is done, `on_done` is called back on the event loop with one response per request."""
+    """An instance with a thread of its own: batches run off the event loop. It may hold two batches,
+    so that it starts the next one without waiting for the event loop."""
 
-    def __init__(self, model_name: str, instance: ModelInstance, on_done: Done,
-                 loop: asyncio.AbstractEventLoop, name: str):
+    depth = 2
+    available = True
+
+    def __init__(self, model_name: str, name: str, instance: ModelInstance,
+                 loop: asyncio.AbstractEventLoop):
         self.model_name = model_name
+        self.name = name
         self.instance = instance
-        self.on_done = on_done
         self.loop = loop
-        self.in_hand = 0  # batches given and not yet done; read and written on the event loop only
+        self.on_done: Done | None = None
+        self.in_hand = 0  # read and written on the event loop only
         self.batches: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._work, name=f"naiad-{name}", daemon=True)
         self.thread.start()
+
+    def attach(self, on_done: Done, on_available) -> None:
+        self.on_done = on_done
 
     def run(self, batch: list[Pending]) -> None:
         self.batches.put(batch)
@@ -113,7 +130,7 @@ class Worker:
         while (batch := self.batches.get()) is not None:
             responses, timings = execute(self.model_name, self.instance, [p.request for p in batch])
             self.loop.call_soon_threadsafe(self.on_done, self, batch, responses, timings)
-        _close(self.model_name, self.instance)
+        close_instance(self.model_name, self.instance)
 
 
 class InlineWorker:
@@ -121,13 +138,20 @@ class InlineWorker:
     a hand-off to a thread costs more than they do (see docs/benchmarks.md). A slow model here stalls
     every request of the server, so it is only used when a model's configuration asks for it."""
 
-    def __init__(self, model_name: str, instance: ModelInstance, on_done: Done,
-                 loop: asyncio.AbstractEventLoop, name: str):
+    depth = 1
+    available = True
+
+    def __init__(self, model_name: str, name: str, instance: ModelInstance,
+                 loop: asyncio.AbstractEventLoop):
         self.model_name = model_name
+        self.name = name
         self.instance = instance
-        self.on_done = on_done
         self.loop = loop
+        self.on_done: Done | None = None
         self.in_hand = 0
+
+    def attach(self, on_done: Done, on_available) -> None:
+        self.on_done = on_done
 
     def run(self, batch: list[Pending]) -> None:
         responses, timings = execute(self.model_name, self.instance, [p.request for p in batch])
@@ -135,4 +159,4 @@ class InlineWorker:
         self.loop.call_soon(self.on_done, self, batch, responses, timings)
 
     def stop(self) -> None:
-        _close(self.model_name, self.instance)
+        close_instance(self.model_name, self.instance)

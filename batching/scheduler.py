@@ -1,8 +1,8 @@
-"""Schedulers: a model version's queue of requests and its pool of instances.
+"""Schedulers: a model version's queue of requests in front of its workers.
 
-The scheduler lives on the event loop: `submit` queues a request and returns a future; whenever an
-instance is idle and a batch can be formed, the batch goes to that instance's worker thread. The
-DirectScheduler's batches are single requests (Triton's default scheduler).
+The scheduler lives on the event loop: `submit` queues a request and returns a future; whenever a
+worker has room and a batch can be formed, the batch goes to it. The DirectScheduler's batches are
+single requests (Triton's default scheduler); the DynamicScheduler (dynamic.py) forms real batches.
 """
 from __future__ import annotations
 
@@ -10,26 +10,23 @@ import asyncio
 import collections
 import time
 
-from naiad.backends.base import ModelInstance
-from naiad.batching.instances import InlineWorker, Pending, Timings, Worker, execute
+from naiad.batching.instances import Pending, Timings, execute
 from naiad.daemon.errors import Unavailable
 from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.statistics import ModelStatistics
 
 
 class Scheduler:
-    # How many batches one instance may hold: the one it runs and those waiting behind it. More than
-    # one lets an instance start its next batch without a round trip through the event loop.
+    # The most batches a worker may hold at once (its own depth may be lower).
     depth = 1
 
-    def __init__(self, model_name: str, instances: list[tuple[str, ModelInstance]],
-                 stats: ModelStatistics, inline: bool = False):
+    def __init__(self, model_name: str, workers: list, stats: ModelStatistics):
         self.model_name = model_name
         self.stats = stats
         self.loop = asyncio.get_running_loop()
-        worker_class = InlineWorker if inline else Worker
-        self.workers = [worker_class(model_name, instance, self._done, self.loop, name)
-                        for name, instance in instances]
+        self.workers = workers
+        for worker in workers:
+            worker.attach(self._done, self._dispatch)
         self.closing = False
         self.drained = asyncio.Event()
 
@@ -42,10 +39,16 @@ class Scheduler:
         """The next batch to run, or None to wait for more requests."""
         raise NotImplementedError
 
-    def _queued(self) -> int:
+    def queued(self) -> int:
+        """Requests waiting, not yet running."""
         raise NotImplementedError
 
     # --- the common part --------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Every instance can take work (a worker process being restarted cannot)."""
+        return all(worker.available for worker in self.workers)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self.submit(request)
@@ -58,13 +61,15 @@ class Scheduler:
         self._dispatch()
         return future
 
-    def _free_worker(self) -> Worker | None:
-        """An idle instance if there is one, else one with room behind its running batch."""
+    def _free_worker(self):
+        """An idle worker if there is one, else one with room behind its running batch."""
         found = None
         for worker in self.workers:
+            if not worker.available:
+                continue
             if worker.in_hand == 0:
                 return worker
-            if found is None and worker.in_hand < self.depth:
+            if found is None and worker.in_hand < min(self.depth, worker.depth):
                 found = worker
         return found
 
@@ -76,29 +81,30 @@ class Scheduler:
             worker.in_hand += 1
             worker.run(batch)
 
-    def _done(self, worker: Worker, batch: list[Pending], responses: list[InferResponse],
+    def _done(self, worker, batch: list[Pending], responses: list[InferResponse],
               timings: Timings) -> None:
         worker.in_hand -= 1
         self._record(batch, timings)
-        for pending, response in zip(batch, responses):
-            if not pending.future.done():
-                pending.future.set_result(response)
+        self._deliver(batch, responses)
         self._dispatch()
         if self.closing and self._idle_and_empty():
             self.drained.set()
 
+    def _deliver(self, batch: list[Pending], responses: list[InferResponse]) -> None:
+        for pending, response in zip(batch, responses):
+            if not pending.future.done():
+                pending.future.set_result(response)
+
     def _record(self, batch: list[Pending], timings: Timings) -> None:
-        stats = self.stats
-        stats.record_execution(len(batch), sum(p.request.batch_size for p in batch),
-                               timings.input_ns, timings.infer_ns, timings.output_ns)
-        for pending in batch:
-            stats.queue.add(timings.start_ns - pending.queued_ns)
+        self.stats.record_execution(len(batch), sum(p.request.batch_size for p in batch),
+                                    [timings.start_ns - p.queued_ns for p in batch],
+                                    timings.input_ns, timings.infer_ns, timings.output_ns)
 
     def _idle_and_empty(self) -> bool:
-        return not self._queued() and all(w.in_hand == 0 for w in self.workers)
+        return not self.queued() and all(w.in_hand == 0 for w in self.workers)
 
     async def close(self) -> None:
-        """Let queued and running requests finish, then stop the instances."""
+        """Let queued and running requests finish, then stop the workers."""
         self.closing = True
         if not self._idle_and_empty():
             await self.drained.wait()
@@ -106,13 +112,12 @@ class Scheduler:
 
 
 class DirectScheduler(Scheduler):
-    """Each request runs alone on the next idle instance, in arrival order."""
+    """Each request runs alone on the next free instance, in arrival order."""
 
     depth = 2
 
-    def __init__(self, model_name: str, instances: list[tuple[str, ModelInstance]],
-                 stats: ModelStatistics, inline: bool = False):
-        super().__init__(model_name, instances, stats, inline)
+    def __init__(self, model_name: str, workers: list, stats: ModelStatistics, inline: bool = False):
+        super().__init__(model_name, workers, stats)
         self.inline = inline
         self.waiting: collections.deque[Pending] = collections.deque()
 
@@ -137,5 +142,5 @@ class DirectScheduler(Scheduler):
                 return [pending]
         return None
 
-    def _queued(self) -> int:
+    def queued(self) -> int:
         return len(self.waiting)

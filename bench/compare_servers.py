@@ -137,7 +137,8 @@ def main() -> int:
         servers.start("naiad", [sys.executable, "-m", "naiad.daemon", "serve", "--model-repository",
                                 str(naiad_repository(work)), "--http-address", "127.0.0.1",
                                 "--grpc-address", "127.0.0.1", "--http-port", str(http),
-                                "--grpc-port", str(grpc_port)])
+                                "--grpc-port", str(grpc_port), "--metrics-address", "127.0.0.1",
+                                "--metrics-port", str(metrics)])
         if "triton" in wanted:
             servers.start("triton", ["bash", peers_sh, "triton", *map(str, ports["triton"])], peers_env)
         if "mlserver" in wanted:

@@ -44,8 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=d.http_port)
     serve.add_argument("--grpc-address", default=d.grpc_address)
     serve.add_argument("--grpc-port", type=int, default=d.grpc_port)
+    serve.add_argument("--metrics-address", default=d.metrics_address)
+    serve.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                       help="Prometheus metrics at /metrics on this port")
     serve.add_argument("--allow-http", type=_flag_bool, default=d.allow_http, metavar="BOOL")
     serve.add_argument("--allow-grpc", type=_flag_bool, default=d.allow_grpc, metavar="BOOL")
+    serve.add_argument("--allow-metrics", type=_flag_bool, default=d.allow_metrics, metavar="BOOL")
     serve.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes,
                        help="largest request body (HTTP) or message (gRPC) taken")
     serve.add_argument("--exit-timeout-secs", type=float, default=d.exit_timeout_secs,

@@ -22,6 +22,10 @@ class DataType:
     def __str__(self) -> str:
         return self.name
 
+    def __reduce__(self):
+        # one object per type, in every process: code compares data types with `is`
+        return parse, (self.name,)
+
 
 def _dt(name: str, config_name: str, dtype) -> DataType:
     dtype = np.dtype(dtype)

@@ -45,6 +45,10 @@ class Unavailable(NaiadError):
     code = Code.UNAVAILABLE
 
 
+class Rejected(Unavailable):
+    """The scheduler turned the request away: its queue was full, or it waited past its timeout."""
+
+
 class ResourceExhausted(NaiadError):
     code = Code.RESOURCE_EXHAUSTED
 

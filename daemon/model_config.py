@@ -21,9 +21,10 @@ InstanceKind = Literal["KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"]
 TimeoutAction = Literal["REJECT", "DELAY"]
 InputFormat = Literal["FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW"]
 
-# parameters.execution: where a model's instances run their batches
+# parameters.execution: where a model's instances run their batches (the default is the backend's)
 EXECUTION_MODES = {
-    "thread": "a worker thread per instance (the default)",
+    "process": "a worker process per instance (the Python backend's default)",
+    "thread": "a worker thread per instance (the other backends' default)",
     "inline": "on the server's event loop, for models that take microseconds",
 }
 
@@ -153,10 +154,6 @@ class ModelConfig:
     dynamic_batching: DynamicBatching | None = None
     parameters: dict[str, str] = field(default_factory=dict, metadata={"value": _parameter_value})
     model_transaction_policy: TransactionPolicy | None = None
-
-    @property
-    def execution(self) -> str:
-        return self.parameters.get("execution", "thread")
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -394,9 +391,10 @@ def validate(config: ModelConfig, model_name: str) -> list[str]:
             problems.append(f"instance_group[{i}].kind: KIND_MODEL is not supported; use KIND_CPU, "
                             f"KIND_GPU or KIND_AUTO")
     _check_batching(config, problems)
-    if config.execution not in EXECUTION_MODES:
+    execution = config.parameters.get("execution")
+    if execution is not None and execution not in EXECUTION_MODES:
         problems.append(f"parameters.execution: expected one of {', '.join(EXECUTION_MODES)}, got "
-                        f"'{config.execution}'")
+                        f"'{execution}'")
     if config.model_transaction_policy and config.model_transaction_policy.decoupled:
         problems.append("model_transaction_policy.decoupled: decoupled models are not supported yet")
     return problems

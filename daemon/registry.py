@@ -6,14 +6,13 @@ import asyncio
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from naiad import backends
-from naiad.backends.base import ModelFiles, ModelInstance
-from naiad.batching.instances import instance_specs
-from naiad.batching.scheduler import DirectScheduler
+from naiad import backends, batching
+from naiad.backends.base import ModelFiles
 from naiad.daemon import gpus, model_config, repository, statistics
 from naiad.daemon.errors import ConfigError, InvalidArgument, NaiadError, NotFound, Unavailable
 from naiad.daemon.model_config import ModelConfig
@@ -89,8 +88,10 @@ class Registry:
         return NotFound(f"model '{name}' has no version '{version}' ready; ready versions: {ready}")
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """Serving, and every instance able to take work (a restarting worker process is not)."""
         entry = self.models.get(name)
-        return entry is not None and version in entry.serving
+        served = entry.serving.get(version) if entry is not None else None
+        return served is not None and served.scheduler.ready
 
     def versions_of(self, name: str) -> list[str]:
         return [str(v) for v in sorted(self.models[name].versions)]
@@ -207,11 +208,15 @@ class Registry:
 
     async def _load_version(self, name: str, version: int, path: Path, prepared: Prepared
                             ) -> ServedModel:
-        files = ModelFiles(name, version, prepared.folder.path, path, prepared.config)
-        instances = await asyncio.to_thread(_create_instances, files)
-        stats = ModelStatistics()
-        scheduler = DirectScheduler(name, instances, stats, prepared.config.execution == "inline")
-        return ServedModel(name, version, prepared.config, scheduler, stats)
+        config = prepared.config
+        files = ModelFiles(name, version, prepared.folder.path, path, config)
+        execution = config.parameters.get("execution") or backends.get(config.backend).default_execution
+        started = time.monotonic()
+        workers = await asyncio.to_thread(batching.create_workers, files, execution, gpus.count(),
+                                          asyncio.get_running_loop())
+        stats = ModelStatistics(load_seconds=time.monotonic() - started)
+        return ServedModel(name, version, config, batching.make_scheduler(files, execution, workers, stats),
+                           stats)
 
     async def _unload(self, name: str, forget: bool = False) -> None:
         entry = self.models[name]
@@ -331,20 +336,6 @@ def _complete(config: ModelConfig, folder: repository.ModelFolder) -> list[str]:
     backends.get(config.backend).complete_config(
         config, folder.path, [folder.versions[v] for v in sorted(folder.versions)])
     return []
-
-
-def _create_instances(files: ModelFiles) -> list[tuple[str, ModelInstance]]:
-    """Make every instance the configuration asks for (blocking: runs the model's own set-up code)."""
-    backend = backends.get(files.config.backend)
-    made: list[tuple[str, ModelInstance]] = []
-    try:
-        for spec in instance_specs(files.config, gpus.count()):
-            made.append((spec.name, backend.create_instance(files, spec)))
-    except BaseException:
-        for _, instance in made:
-            instance.close()
-        raise
-    return made
 
 
 def _problems(error: BaseException) -> list[str]:

@@ -2,6 +2,7 @@
 precomputed from it, its scheduler and its statistics."""
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import numpy as np
 from naiad.batching.scheduler import Scheduler
 from naiad.daemon import datatypes
 from naiad.daemon.datatypes import DataType
-from naiad.daemon.errors import InvalidArgument, NaiadError
+from naiad.daemon.errors import InvalidArgument, NaiadError, Rejected
 from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.model_config import ModelConfig, shape_matches, shape_text
 from naiad.daemon.statistics import ModelStatistics
@@ -55,12 +56,19 @@ class ServedModel:
         try:
             self.check(request)
             response = await self.scheduler.infer(request)
-            if response.error is not None:
-                raise response.error
-        except NaiadError:
-            self.stats.fail.add(time.perf_counter_ns() - start)
+        except NaiadError as e:
+            self.stats.record_request(time.perf_counter_ns() - start,
+                                      "REJECTED" if isinstance(e, Rejected) else "OTHER")
             raise
-        self.stats.success.add(time.perf_counter_ns() - start)
+        except asyncio.CancelledError:  # the client went away
+            self.stats.record_request(time.perf_counter_ns() - start, "CANCELED")
+            raise
+        error = response.error
+        if error is not None:
+            self.stats.record_request(time.perf_counter_ns() - start,
+                                      "REJECTED" if isinstance(error, Rejected) else "BACKEND")
+            raise error
+        self.stats.record_request(time.perf_counter_ns() - start)
         return response
 
     def check(self, request: InferRequest) -> None:

@@ -6,7 +6,8 @@ import gc
 import logging
 import signal
 
-from naiad.daemon import grpc_frontend, http_frontend
+from naiad.batching.processes import remove_stale_segments
+from naiad.daemon import grpc_frontend, http_frontend, metrics
 from naiad.daemon.registry import Registry
 from naiad.daemon.settings import Settings
 
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM; then stop taking requests, let those in flight finish (up to
     exit_timeout_secs) and unload every model."""
+    remove_stale_segments()
     registry = Registry(settings.model_repository, settings.model_control_mode, settings.load_model,
                         settings.repository_poll_secs)
     stop = asyncio.Event()
@@ -23,13 +25,16 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # The frontends start first: live answers at once, ready once the models have loaded.
-    grpc_server = http_runner = None
+    grpc_server = None
+    runners = []  # the aiohttp servers: HTTP and metrics
     if settings.allow_grpc:
         grpc_server = await grpc_frontend.start(registry, settings.grpc_address, settings.grpc_port,
                                                 settings.max_request_bytes)
     if settings.allow_http:
-        http_runner = await http_frontend.start(registry, settings.http_address, settings.http_port,
-                                                settings.max_request_bytes)
+        runners.append(await http_frontend.start(registry, settings.http_address, settings.http_port,
+                                                 settings.max_request_bytes))
+    if settings.allow_metrics:
+        runners.append(await metrics.start(registry, settings.metrics_address, settings.metrics_port))
     # Every request allocates a few dozen short-lived objects; with the default threshold (700) the
     # young-generation collector runs every few requests. Raising it costs memory, not time.
     gc.set_threshold(50_000, 20, 20)
@@ -42,8 +47,8 @@ async def serve(settings: Settings) -> None:
         registry.ready = False
         if grpc_server is not None:
             await grpc_server.stop(settings.exit_timeout_secs)
-        if http_runner is not None:
-            await http_runner.shutdown()
-            await http_runner.cleanup()
+        for runner in runners:
+            await runner.shutdown()
+            await runner.cleanup()
         await asyncio.wait_for(registry.close(), settings.exit_timeout_secs)
     log.info("stopped")

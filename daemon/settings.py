@@ -15,8 +15,11 @@ class Settings:
     http_port: int = 8000
     grpc_address: str = "0.0.0.0"
     grpc_port: int = 8001
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 8002
     allow_http: bool = True
     allow_grpc: bool = True
+    allow_metrics: bool = True
     max_request_bytes: int = 1 << 30          # one request's largest body or message
     exit_timeout_secs: float = 30.0           # how long in-flight requests may take at shutdown
     log_verbose: int = 0

@@ -1,14 +1,23 @@
-"""Per model-version counters behind the statistics extension (ModelStatistics, /v2/models/m/stats).
+"""Per model-version counters behind the statistics extension (ModelStatistics, /v2/models/m/stats)
+and the Prometheus metrics.
 
 Triton's meaning: `success`, `fail` and `queue` count requests; `compute_*` count requests too, each
 request of a batch adding the whole batch's duration; `batch_stats` count executions per batch size;
-`inference_count` adds each request's batch size and `execution_count` one per execution.
+`inference_count` adds each request's batch size and `execution_count` one per execution. Beyond
+Triton, histograms of request and queue time (per request) and of compute time (per execution).
 Updated only from the event loop's thread, so plain integers suffice.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
+
+# histogram bucket bounds, microseconds (Prometheus' `le`)
+BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+              500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
+_BUCKETS_NS = tuple(b * 1000 for b in BUCKETS_US)
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 @dataclass(slots=True)
@@ -19,6 +28,16 @@ class Duration:
     def add(self, ns: int, count: int = 1) -> None:
         self.count += count
         self.ns += ns
+
+
+@dataclass(slots=True)
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_US) + 1))  # last: +Inf
+    sum_ns: int = 0
+
+    def observe(self, ns: int) -> None:
+        self.counts[bisect.bisect_left(_BUCKETS_NS, ns)] += 1
+        self.sum_ns += ns
 
 
 @dataclass(slots=True)
@@ -40,16 +59,34 @@ class ModelStatistics:
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchTimes] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
+    request_histogram: Histogram = field(default_factory=Histogram)
+    queue_histogram: Histogram = field(default_factory=Histogram)
+    compute_histogram: Histogram = field(default_factory=Histogram)
+    load_seconds: float = 0.0
 
-    def record_execution(self, requests: int, batch_size: int, input_ns: int, infer_ns: int,
-                         output_ns: int) -> None:
-        """One execution of `requests` requests holding `batch_size` inferences in all."""
+    def record_request(self, ns: int, failure: str | None = None) -> None:
+        """One request's end-to-end time; `failure` is its reason when it failed."""
+        if failure is None:
+            self.success.add(ns)
+        else:
+            self.fail.add(ns)
+            self.failures[failure] += 1
+        self.request_histogram.observe(ns)
+
+    def record_execution(self, requests: int, batch_size: int, queue_ns: list[int], input_ns: int,
+                         infer_ns: int, output_ns: int) -> None:
+        """One execution of `requests` requests (their queue times) holding `batch_size` inferences."""
         self.execution_count += 1
         self.inference_count += batch_size
         self.last_inference_ms = time.time_ns() // 1_000_000
+        for ns in queue_ns:
+            self.queue.add(ns)
+            self.queue_histogram.observe(ns)
         self.compute_input.add(input_ns * requests, requests)
         self.compute_infer.add(infer_ns * requests, requests)
         self.compute_output.add(output_ns * requests, requests)
+        self.compute_histogram.observe(input_ns + infer_ns + output_ns)
         times = self.batches.get(batch_size)
         if times is None:
             times = self.batches[batch_size] = BatchTimes()

@@ -226,3 +226,58 @@ def write_test_models(repository: Path) -> None:
                  "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dimz": [4]}],
                  "output": [tensor("OUTPUT0", "TYPE_FP32", [4])]}, IDENTITY)
     write_model(repository, "broken_code", batched("FP32"), "import no_such_module_anywhere\n")
+
+# For the scheduling tests. The first value of a request's INPUT0 is a command: > 0 sleeps that many
+# milliseconds (the longest of the batch), -9 kills this worker process (and leaves a marker that makes
+# the next start slow, so that the restart can be watched). Each response tells the batch it ran in:
+# its total batch size, how many different shapes it held, the execution's number in this instance,
+# the process id, and the execution's start and end time.
+PROBE = """
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    from naiad.backends.python_api import InferenceResponse, Tensor
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.marker = Path(args["model_repository"]) / "slow_start"
+            if self.marker.exists():
+                self.marker.unlink()
+                time.sleep(1.5)
+            self.executions = 0
+
+        def execute(self, requests):
+            self.executions += 1
+            start = time.time()
+            commands = [float(r.input("INPUT0").reshape(-1)[0]) for r in requests]
+            if -9 in commands:
+                self.marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            if max(commands) > 0:
+                time.sleep(max(commands) / 1000)
+            total = sum(r.input("INPUT0").shape[0] for r in requests)
+            shapes = len({r.input("INPUT0").shape[1:] for r in requests})
+            end = time.time()
+            out = []
+            for r in requests:
+                x = r.input("INPUT0")
+                n = x.shape[0]
+                column = lambda value: np.full((n, 1), value, np.int64)
+                out.append(InferenceResponse([
+                    Tensor("OUTPUT0", x), Tensor("BATCH", column(total)), Tensor("SHAPES", column(shapes)),
+                    Tensor("EXECUTION", column(self.executions)), Tensor("PID", column(os.getpid())),
+                    Tensor("WINDOW", np.tile(np.array([start, end]), (n, 1)))]))
+            return out
+"""
+
+
+def probe_config(max_batch_size: int = 8, **extra) -> dict:
+    return {"backend": "python", "max_batch_size": max_batch_size,
+            "input": [tensor("INPUT0", "FP32", [-1])],
+            "output": [tensor("OUTPUT0", "FP32", [-1])] + [tensor(n, "INT64", [1]) for n in
+                                                          ("BATCH", "SHAPES", "EXECUTION", "PID")]
+                      + [tensor("WINDOW", "FP64", [2])],
+            **extra}

@@ -84,7 +84,7 @@ def test_version_policy_and_reshape():
 def test_names_and_execution_mode():
     found = model_config.load({**SIMPLE, "name": "other", "parameters": {"execution": "gpu"}}, "simple")[1]
     assert any(p.startswith("name: 'other' differs from the model's folder name 'simple'") for p in found)
-    assert any(p.startswith("parameters.execution: expected one of thread, inline") for p in found)
+    assert any(p.startswith("parameters.execution: expected one of process, thread, inline") for p in found)
 
 
 def test_protobuf_json_form_is_read():

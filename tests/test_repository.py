@@ -160,8 +160,10 @@ def test_poll_mode_add_change_remove_without_failed_requests(tmp_path, repositor
 
         # remove
         shutil.rmtree(repository / "versioned")
-        wait_for(lambda: not client.is_model_ready("versioned"), what="the removal")
-        assert "versioned" not in {m["name"] for m in client.get_model_repository_index(as_json=True)["models"]}
+        wait_for(lambda: "versioned" not in {m["name"] for m in
+                                             client.get_model_repository_index(as_json=True)["models"]},
+                 what="the removal")
+        assert not client.is_model_ready("versioned")
         with pytest.raises(InferenceServerException) as raised:
             version_of(client, "versioned")
         assert raised.value.status() == "StatusCode.NOT_FOUND"

@@ -1,0 +1,88 @@
+"""The child side of a ProcessWorker: `python -m naiad.batching.worker_process REQUEST_FD REPLY_FD`.
+Sets up one model instance, then runs the batches the server sends until the request pipe closes."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from naiad import backends
+from naiad.batching.instances import close_instance, execute
+from naiad.batching.processes import (Segment, layout_size, read_tensor, receive, send, tensor_bytes,
+                                      write_tensors)
+from naiad.daemon.errors import ConfigError
+from naiad.daemon.inference import InferRequest
+
+
+def main(request_fd: int, reply_fd: int) -> int:
+    # Ctrl-C reaches the whole process group; the server decides when its workers end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup = receive(request_fd)
+    if setup is None:
+        return 0
+    files, spec = setup["files"], setup["spec"]
+    logging.basicConfig(level=setup["log_level"], stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname).1s {files.name}/{spec.name}[{os.getpid()}] "
+                               f"%(name)s: %(message)s")
+    try:
+        instance = backends.get(files.config.backend).create_instance(files, spec)
+    except Exception as e:
+        problems = e.problems if isinstance(e, ConfigError) else [f"{type(e).__name__}: {e}"]
+        logging.getLogger(__name__).exception("model '%s' failed to set up", files.name)
+        send(reply_fd, {"error": problems})
+        return 1
+    send(reply_fd, {"ready": True})
+    inputs = outputs = None
+    while (message := receive(request_fd)) is not None:
+        if "segments" in message:
+            for segment in (inputs, outputs):
+                if segment is not None:
+                    segment.close()
+            in_path, in_size, out_path, out_size = message["segments"]
+            inputs, outputs = Segment(in_path, in_size, False), Segment(out_path, out_size, False)
+        requests = []
+        for model, version, request_id, parameters, requested, batch_size, described in message["requests"]:
+            tensors = dict(read_tensor(inputs.map, d, copy=False) for d in described)
+            requests.append(InferRequest(model, version, tensors, requested, request_id, parameters,
+                                         batch_size=batch_size))
+        responses, timings = execute(files.name, instance, requests)
+        send(reply_fd, _reply(responses, timings, outputs))
+    close_instance(files.name, instance)
+    return 0
+
+
+def _reply(responses, timings, outputs: Segment) -> dict:
+    """Outputs go into the output segment, or in the message itself when they do not fit."""
+    named = [[(n, a) for n, a in r.outputs.items()] for r in responses if r.error is None]
+    raws = [[tensor_bytes(a) for _, a in tensors] for tensors in named]
+    needed = sum(layout_size(r) for r in raws)
+    if needed <= outputs.size:
+        target, inline = outputs, None
+    else:
+        inline = bytearray(needed)
+        target = _Bytes(inline)
+    answers, offset, i = [], 0, 0
+    for response in responses:
+        if response.error is not None:
+            answers.append({"error": response.error})
+            continue
+        described, offset = write_tensors(target, named[i], raws[i], offset)
+        answers.append({"outputs": described, "parameters": response.parameters})
+        i += 1
+    message = {"responses": answers, "timings": (timings.start_ns, timings.input_ns, timings.infer_ns,
+                                                  timings.output_ns)}
+    if inline is not None:
+        message["inline"] = bytes(inline)
+    return message
+
+
+class _Bytes:
+    """A bytearray in the place of a segment, for outputs that do not fit the segment."""
+
+    def __init__(self, data: bytearray):
+        self.map = data
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))
