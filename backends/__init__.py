@@ -10,12 +10,15 @@ from pathlib import Path
 
 from naiad.backends.base import Backend
 
-# backend name -> (module, class, the model file it reads by default)
+# backend name -> (module, class, the model files it reads by default, in order of preference)
 AVAILABLE = {
-    "python": ("naiad.backends.python", "PythonBackend", "model.py"),
+    "python": ("naiad.backends.python", "PythonBackend", ("model.py",)),
+    "onnxruntime": ("naiad.backends.ort", "OnnxRuntimeBackend", ("model.onnx",)),
+    "pytorch": ("naiad.backends.pytorch", "PyTorchBackend", ("model.pt", "model.pt2")),
+    "xgboost": ("naiad.backends.trees", "XGBoostBackend", ("model.json", "model.ubj")),
 }
-# Triton's `platform` names for the backends naiad has
-PLATFORMS = {}
+# Triton's `platform` names, and Triton's FIL backend, for the backends naiad has
+PLATFORMS = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch", "fil": "xgboost"}
 _loaded: dict[str, Backend] = {}
 
 
@@ -31,10 +34,14 @@ def from_platform(platform: str) -> str:
     return PLATFORMS.get(platform, "")
 
 
+def model_files(name: str) -> tuple[str, ...]:
+    return AVAILABLE[name][2]
+
+
 def detect(version_dirs: list[Path]) -> str:
     """The backend whose default model file the newest version folder holds ("" if none does)."""
     for version_dir in reversed(version_dirs):
-        for name, (_, _, filename) in AVAILABLE.items():
-            if (version_dir / filename).exists():
+        for name, (_, _, filenames) in AVAILABLE.items():
+            if any((version_dir / f).exists() for f in filenames):
                 return name
     return ""

@@ -7,6 +7,7 @@ inputs into what the framework takes), `run` (compute_infer: the model itself) a
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from naiad.daemon import datatypes
-from naiad.daemon.errors import Internal, NaiadError
+from naiad.daemon.errors import ConfigError, Internal, NaiadError
 from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.model_config import ModelConfig, shape_matches
 
@@ -60,8 +61,14 @@ class Backend:
     name = ""
     default_execution = "thread"  # where instances run unless parameters.execution says otherwise
 
-    def complete_config(self, config: ModelConfig, model_dir: Path, version_dirs: list[Path]) -> None:
-        """Fill what the model file tells and config.yaml left out (inputs, outputs, dims)."""
+    def uses_gpus(self) -> bool:
+        """Whether KIND_AUTO instances go to this machine's GPUs (when it has some)."""
+        return False
+
+    def complete_config(self, config: ModelConfig, model_file: Path) -> None:
+        """Fill what the model file (the newest version's) tells and the configuration left out:
+        inputs, outputs, their data types and dims, max_batch_size. Raises ConfigError where the
+        file and the configuration disagree, or where the configuration must say more."""
 
     def create_instance(self, files: ModelFiles, spec: InstanceSpec) -> ModelInstance:
         raise NotImplementedError
@@ -112,6 +119,58 @@ class OutputChecker:
             array = array.reshape(shape[:1] + tuple(self.reshapes[name]) if self.batching
                                   else self.reshapes[name])
         return array
+
+
+class TensorInstance(ModelInstance):
+    """An instance of a framework model. A batch's requests are joined along the first dimension and
+    run at once; each request then gets its own slice of every output (a view, not a copy).
+    Subclasses implement `to_framework` (the joined inputs, as the framework takes them) and `run`
+    (returning every output as a numpy array)."""
+
+    def __init__(self, config: ModelConfig):
+        self.checker = OutputChecker(config)
+
+    def to_framework(self, inputs: dict[str, np.ndarray]) -> Any:
+        return inputs
+
+    def prepare(self, requests: list[InferRequest]) -> Any:
+        if len(requests) == 1:
+            return self.to_framework(requests[0].inputs)
+        names = requests[0].inputs  # the batcher joins only requests with the same inputs and shapes
+        return self.to_framework({name: np.concatenate([r.inputs[name] for r in requests])
+                                  for name in names})
+
+    def finish(self, requests: list[InferRequest], outputs: dict[str, np.ndarray]) -> list[InferResponse]:
+        responses, start = [], 0
+        for request in requests:
+            end = start + request.batch_size
+            own = outputs if len(requests) == 1 else {name: array[start:end] for name, array in outputs.items()}
+            try:
+                responses.append(self.checker.response(request, own))
+            except NaiadError as e:
+                responses.append(InferResponse(error=e))
+            start = end
+        return responses
+
+
+def model_file(files: ModelFiles, defaults: tuple[str, ...]) -> Path:
+    """The version's model file: default_model_filename, else the first of the backend's names there."""
+    return find_model_file(files.version_dir, files.config.default_model_filename, defaults)
+
+
+def find_model_file(version_dir: Path, configured: str, defaults: tuple[str, ...]) -> Path:
+    if configured:
+        return version_dir / configured
+    return next((version_dir / n for n in defaults if (version_dir / n).exists()), version_dir / defaults[0])
+
+
+def import_framework(module: str, backend: str, extra: str):
+    """Import a framework package, or fail the model with the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError([f"the {backend} backend needs the Python package '{module}', which this "
+                           f"server cannot import ({e}); install it with: pip install 'naiad[{extra}]'"])
 
 
 def failed(requests: list[InferRequest], error: NaiadError) -> list[InferResponse]:

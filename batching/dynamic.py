@@ -55,6 +55,7 @@ class DynamicScheduler(Scheduler):
         self.held: dict[int, tuple[Pending, InferResponse] | None] = {}
         self.timer = None
         self.timer_ns = 0
+        self.dispatch_due = False
 
     # --- queueing ---------------------------------------------------------------------------------
 
@@ -79,6 +80,17 @@ class DynamicScheduler(Scheduler):
         if self.preserve_ordering:
             pending.future.add_done_callback(lambda future, order=pending.order: self._forget(future, order))
         queue.waiting.append(pending)
+
+    def _on_arrival(self) -> None:
+        # Form the batch at the end of this turn of the event loop, not at once: the requests that
+        # arrive in the same turn (many, when the server is busy) then go in the same batch.
+        if not self.dispatch_due:
+            self.dispatch_due = True
+            self.loop.call_soon(self._due)
+
+    def _due(self) -> None:
+        self.dispatch_due = False
+        self._dispatch()
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues)

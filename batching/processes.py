@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 FIRST_SEGMENT_BYTES = 1 << 20
 _LENGTH = struct.Struct("<Q")
+_READ_BYTES = 1 << 16
 _names = count()
 
 
@@ -50,24 +51,37 @@ def send(fd: int, message) -> None:
         view = view[os.write(fd, view):]
 
 
-def receive(fd: int):
-    """The next message, or None at the end of the pipe (the other side is gone). Blocking."""
-    header = _read_exactly(fd, _LENGTH.size)
-    if header is None:
-        return None
-    body = _read_exactly(fd, _LENGTH.unpack(header)[0])
-    return None if body is None else pickle.loads(body)
+class Receiver:
+    """Length-prefixed pickled messages from a pipe: `read` takes what the pipe holds, `messages`
+    takes out the complete ones."""
 
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buffer = bytearray()
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+    def read(self) -> bool:
+        """One read of what the pipe holds; False at its end (the other side is gone)."""
+        chunk = os.read(self.fd, _READ_BYTES)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def messages(self):
+        while len(self.buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self.buffer)
+            end = _LENGTH.size + length
+            if len(self.buffer) < end:
+                return
+            message = pickle.loads(memoryview(self.buffer)[_LENGTH.size:end])
+            del self.buffer[:end]
+            yield message
+
+    def receive(self):
+        """The next message, waiting for it (blocking pipe); None at the end of the pipe."""
+        while True:
+            for message in self.messages():
+                return message
+            if not self.read():
+                return None
 
 
 class Segment:
@@ -200,24 +214,32 @@ class ProcessWorker:
             raise
 
     def _start(self) -> None:
+        """Start the process and set the model up in it (blocking); raises ConfigError with the
+        model's own reasons when it cannot."""
         request_read, self.request_fd = os.pipe()
         self.reply_fd, reply_write = os.pipe()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "naiad.batching.worker_process", str(request_read), str(reply_write)],
-            pass_fds=(request_read, reply_write))
-        os.close(request_read)
-        os.close(reply_write)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "naiad.batching.worker_process", str(request_read), str(reply_write)],
+                pass_fds=(request_read, reply_write))
+        finally:
+            os.close(request_read)
+            os.close(reply_write)
         self.sent_segments = None
-        send(self.request_fd, {"files": self.files, "spec": self.spec,
-                               "log_level": logging.getLogger().getEffectiveLevel()})
-        answer = receive(self.reply_fd)
+        self.replies = Receiver(self.reply_fd)
+        try:
+            send(self.request_fd, {"files": self.files, "spec": self.spec,
+                                   "log_level": logging.getLogger().getEffectiveLevel()})
+            answer = self.replies.receive()
+        except OSError:
+            answer = None
         if answer is None or "error" in answer:
             self._close_pipes()
+            self.process.kill()
             self.process.wait()
-            problems = answer["error"] if answer else [
+            raise ConfigError(answer["error"] if answer else [
                 f"the worker process ended ({_describe_exit(self.process.returncode)}) before the "
-                f"model was set up; its output is in the server's log"]
-            raise ConfigError(problems)
+                f"model was set up; its output is in the server's log"])
 
     def attach(self, on_done: Done, on_available) -> None:
         """Start answering, from the event loop."""
@@ -226,7 +248,6 @@ class ProcessWorker:
 
     def _watch(self) -> None:
         os.set_blocking(self.reply_fd, False)
-        self.received = bytearray()
         self.loop.add_reader(self.reply_fd, self._readable)
         self.available = True
 
@@ -250,23 +271,19 @@ class ProcessWorker:
         message = {"requests": requests}
         if segments != self.sent_segments:
             message["segments"] = self.sent_segments = segments
-        send(self.request_fd, message)
+        try:
+            send(self.request_fd, message)
+        except OSError:  # the process just died: the end of its reply pipe fails this batch
+            pass
 
     def _readable(self) -> None:
         try:
-            chunk = os.read(self.reply_fd, 1 << 20)
+            if not self.replies.read():
+                self._ended()
+                return
         except BlockingIOError:
             return
-        if not chunk:
-            self._ended()
-            return
-        self.received += chunk
-        while len(self.received) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(self.received)
-            if len(self.received) < _LENGTH.size + length:
-                return
-            message = pickle.loads(self.received[_LENGTH.size:_LENGTH.size + length])
-            del self.received[:_LENGTH.size + length]
+        for message in self.replies.messages():
             self._answer(message)
 
     def _answer(self, message: dict) -> None:

@@ -58,8 +58,11 @@ class Scheduler:
             raise Unavailable(f"model '{self.model_name}' is unloading")
         future = self.loop.create_future()
         self._enqueue(Pending(request, future, time.perf_counter_ns()))
-        self._dispatch()
+        self._on_arrival()
         return future
+
+    def _on_arrival(self) -> None:
+        self._dispatch()
 
     def _free_worker(self):
         """An idle worker if there is one, else one with room behind its running batch."""
@@ -104,8 +107,14 @@ class Scheduler:
         return not self.queued() and all(w.in_hand == 0 for w in self.workers)
 
     async def close(self) -> None:
-        """Let queued and running requests finish, then stop the workers."""
+        """Let queued and running requests finish, then stop the workers. Requests that no worker
+        can take (every worker process is being restarted) fail at once instead of holding it up."""
         self.closing = True
+        if not any(worker.available for worker in self.workers):
+            error = Unavailable(f"model '{self.model_name}' is unloading and has no instance to run "
+                                f"the request")
+            while batch := self._next_batch():
+                self._deliver(batch, [InferResponse(error=error) for _ in batch])
         if not self._idle_and_empty():
             await self.drained.wait()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers))

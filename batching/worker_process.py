@@ -9,16 +9,19 @@ import sys
 
 from naiad import backends
 from naiad.batching.instances import close_instance, execute
-from naiad.batching.processes import (Segment, layout_size, read_tensor, receive, send, tensor_bytes,
+from naiad.batching.processes import (Receiver, Segment, layout_size, read_tensor, send, tensor_bytes,
                                       write_tensors)
 from naiad.daemon.errors import ConfigError
 from naiad.daemon.inference import InferRequest
 
 
 def main(request_fd: int, reply_fd: int) -> int:
-    # Ctrl-C reaches the whole process group; the server decides when its workers end.
+    # Ctrl-C, and SIGTERM from a supervisor that signals the whole process group, are for the server:
+    # it decides when its workers end (it closes their request pipe), after requests in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    setup = receive(request_fd)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    requests_in = Receiver(request_fd)
+    setup = requests_in.receive()
     if setup is None:
         return 0
     files, spec = setup["files"], setup["spec"]
@@ -34,7 +37,7 @@ def main(request_fd: int, reply_fd: int) -> int:
         return 1
     send(reply_fd, {"ready": True})
     inputs = outputs = None
-    while (message := receive(request_fd)) is not None:
+    while (message := requests_in.receive()) is not None:
         if "segments" in message:
             for segment in (inputs, outputs):
                 if segment is not None:

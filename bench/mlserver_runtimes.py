@@ -9,13 +9,15 @@ from mlserver.types import InferenceRequest, InferenceResponse
 class MLP(MLModel):
     async def load(self) -> bool:
         rng = np.random.default_rng(0)
-        self.w1 = (rng.standard_normal((256, 128)) / 16).astype(np.float32)
-        self.w2 = (rng.standard_normal((128, 10)) / 11).astype(np.float32)
+        self.w1 = (rng.standard_normal((256, 1024)) / 16).astype(np.float32)
+        self.w2 = (rng.standard_normal((1024, 1024)) / 32).astype(np.float32)
+        self.w3 = (rng.standard_normal((1024, 10)) / 32).astype(np.float32)
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         x = NumpyCodec.decode_input(payload.inputs[0])
-        y = np.maximum(x @ self.w1, 0) @ self.w2
+        h = np.maximum(x @ self.w1, 0)
+        y = np.maximum(h @ self.w2, 0) @ self.w3
         return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("OUTPUT0", y)])
 
 

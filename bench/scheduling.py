@@ -1,11 +1,12 @@
 """Dynamic batching and instance counts, in naiad, Triton and MLServer, side by side in one run.
 
-(a) `mlp`, a small numpy MLP whose cost grows far slower than its batch, at concurrency 16: without
-    and with dynamic batching (max_queue_delay 100 µs; MLServer: adaptive batching, 100 µs).
+(a) `mlp`, a numpy MLP whose cost per sample falls with its batch, at concurrency 16: without and
+    with dynamic batching (max_queue_delay 1 ms; MLServer: adaptive batching, max_batch_time 1 ms).
 (b) `cpu_bound`, about 2 ms of pure-Python arithmetic per request, at concurrency 4: one instance
     against two (MLServer: parallel_workers 1 against 2).
 The same model.py and config.pbtxt files (bench/models/) serve naiad and Triton; MLServer runs the
 same arithmetic as runtimes (bench/mlserver_runtimes.py). perf_analyzer, gRPC, --async, batch 1.
+Every server runs with OPENBLAS_NUM_THREADS=1: one BLAS thread per instance, on a 2-core machine.
 
     python bench/scheduling.py [--window-ms 3000] [--rounds 3] [--peers DIR]
 """
@@ -23,7 +24,7 @@ from compare_servers import HERE, SHARED, Servers, free_port, measure, median_ro
 
 VARIANTS = {  # name in the repository: (source model, extra config.pbtxt text)
     "mlp": ("mlp", ""),
-    "mlp_dyna": ("mlp", "dynamic_batching { max_queue_delay_microseconds: 100 }\n"),
+    "mlp_dyna": ("mlp", "dynamic_batching { max_queue_delay_microseconds: 1000 }\n"),
     "cpu_bound": ("cpu_bound", ""),
     "cpu_bound_x2": ("cpu_bound", None),  # count 2
 }
@@ -61,7 +62,7 @@ def mlserver_folder(work: Path, label: str, workers: int, ports: tuple) -> Path:
         "host": "127.0.0.1", "http_port": http, "grpc_port": grpc, "metrics_port": metrics,
         "parallel_workers": workers}))
     tensor = lambda name, width: {"name": name, "datatype": "FP32", "shape": [-1, width]}
-    models = {"mlp": ("MLP", {}, 256, 10), "mlp_dyna": ("MLP", {"max_batch_size": 64, "max_batch_time": 0.0001}, 256, 10),
+    models = {"mlp": ("MLP", {}, 256, 10), "mlp_dyna": ("MLP", {"max_batch_size": 64, "max_batch_time": 0.001}, 256, 10),
               "cpu_bound": ("CPUBound", {}, 4, 1)}
     for name, (runtime, batching, width_in, width_out) in models.items():
         (folder / name).mkdir()

@@ -146,7 +146,7 @@ class ModelConfig:
     platform: str = ""
     backend: str = ""
     version_policy: VersionPolicy | None = None
-    max_batch_size: int = 0
+    max_batch_size: int | None = None   # None until given or auto-completed; then 0 means no batching
     input: list[ModelInput] = field(default_factory=list)
     output: list[ModelOutput] = field(default_factory=list)
     instance_group: list[InstanceGroup] = field(default_factory=list)
@@ -400,18 +400,19 @@ def validate(config: ModelConfig, model_name: str) -> list[str]:
     return problems
 
 
-def fill_defaults(config: ModelConfig, model_name: str) -> None:
-    """Complete what Triton completes: the name, the version policy and the instance groups."""
+def fill_defaults(config: ModelConfig, model_name: str, auto_kind: str = "KIND_CPU") -> None:
+    """Complete what Triton completes: the name, the version policy and the instance groups, where
+    KIND_AUTO becomes `auto_kind` (KIND_GPU when the backend can use this machine's GPUs)."""
     config.name = model_name
     if config.version_policy is None:
         config.version_policy = VersionPolicy(latest=LatestPolicy(1))
     if not config.instance_group:
-        config.instance_group = [InstanceGroup(kind="KIND_CPU", count=1)]
+        config.instance_group = [InstanceGroup()]
     for i, group in enumerate(config.instance_group):
         if not group.name:
             group.name = f"{model_name}_{i}"
-        if group.kind == "KIND_AUTO" and not group.gpus:
-            group.kind = "KIND_CPU"
+        if group.kind == "KIND_AUTO":
+            group.kind = auto_kind
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -457,6 +458,8 @@ def load(raw: Any, model_name: str, complete=None) -> tuple[ModelConfig, list[st
     config, problems = parse(raw)
     if complete is not None:
         problems += complete(config)
+    if config.max_batch_size is None:
+        config.max_batch_size = 0
     reported = {p.split(":", 1)[0] for p in problems}
     problems += [p for p in validate(config, model_name) if p.split(":", 1)[0] not in reported]
     return config, problems

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from naiad import backends, batching
-from naiad.backends.base import ModelFiles
+from naiad.backends.base import ModelFiles, find_model_file
 from naiad.daemon import gpus, model_config, repository, statistics
 from naiad.daemon.errors import ConfigError, InvalidArgument, NaiadError, NotFound, Unavailable
 from naiad.daemon.model_config import ModelConfig
@@ -307,23 +307,25 @@ def read_model(path: Path, name: str, config_raw: Any = None) -> Prepared:
     config, problems = model_config.load(raw, name, lambda c: _complete(c, folder))
     if problems:
         raise ConfigError([f"{where}: {p}" for p in problems])
-    model_config.fill_defaults(config, name)
+    backend = backends.get(config.backend)
+    model_config.fill_defaults(config, name, "KIND_GPU" if gpus.count() and backend.uses_gpus() else "KIND_CPU")
     chosen = repository.select_versions(config.version_policy, list(folder.versions))
     if not chosen:
         found = ", ".join(str(v) for v in sorted(folder.versions)) or "none"
         raise ConfigError([f"{path}: no version folder to serve (found: {found}; the version policy "
                            f"chose none); put the model in a numbered folder such as {path / '1'}"])
-    filename = config.default_model_filename or backends.AVAILABLE[config.backend][2]
-    missing = [folder.versions[v] / filename for v in chosen if not (folder.versions[v] / filename).exists()]
+    defaults = backends.model_files(config.backend)
+    files = [find_model_file(folder.versions[v], config.default_model_filename, defaults) for v in chosen]
+    missing = [f for f in files if not f.exists()]
     if missing:
         raise ConfigError([f"{m}: missing; the {config.backend} backend reads its model from "
-                           f"<model>/<version>/{filename}" for m in missing])
+                           f"<model>/<version>/{' or '.join(defaults)}" for m in missing])
     return Prepared(folder, config, {v: folder.versions[v] for v in chosen})
 
 
 def _complete(config: ModelConfig, folder: repository.ModelFolder) -> list[str]:
     """Choose the backend (from `backend`, `platform` or the model file's name), then let it fill
-    what it can read from the model file."""
+    what it can read from the newest version's model file."""
     if not config.backend:
         config.backend = backends.from_platform(config.platform) or backends.detect(
             [folder.versions[v] for v in sorted(folder.versions)])
@@ -331,10 +333,22 @@ def _complete(config: ModelConfig, folder: repository.ModelFolder) -> list[str]:
         return [f"backend: missing, and no model file says which; set backend: to one of "
                 f"{', '.join(backends.AVAILABLE)}"]
     if config.backend not in backends.AVAILABLE:
+        config.backend = backends.from_platform(config.backend) or config.backend
+    if config.backend not in backends.AVAILABLE:
         return [f"backend: '{config.backend}' is not a naiad backend; use one of "
                 f"{', '.join(backends.AVAILABLE)}"]
-    backends.get(config.backend).complete_config(
-        config, folder.path, [folder.versions[v] for v in sorted(folder.versions)])
+    if not folder.versions:
+        return []
+    newest = folder.versions[max(folder.versions)]
+    defaults = backends.model_files(config.backend)
+    path = find_model_file(newest, config.default_model_filename, defaults)
+    if not path.exists():
+        return [f"{path}: missing; the {config.backend} backend reads its model from "
+                f"<model>/<version>/{' or '.join(defaults)}"]
+    try:
+        backends.get(config.backend).complete_config(config, path)
+    except ConfigError as e:
+        return e.problems
     return []
 
 

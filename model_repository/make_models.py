@@ -1,0 +1,97 @@
+"""Writes the framework examples of this repository: small, real models, the same every time.
+
+    python model_repository/make_models.py [REPOSITORY]    # default: the folder of this script
+
+Needs numpy, onnx, torch and xgboost (`pip install -e '.[test]'` has them). The tests build their
+models with the same functions.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FEATURES, HIDDEN, CLASSES = 8, 16, 3
+
+
+def weights(seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((FEATURES, HIDDEN)).astype(np.float32) / 3,
+            rng.standard_normal(HIDDEN).astype(np.float32) / 10,
+            rng.standard_normal((HIDDEN, CLASSES)).astype(np.float32) / 4,
+            rng.standard_normal(CLASSES).astype(np.float32) / 10)
+
+
+def onnx_mlp(path: Path, seed: int = 0) -> None:
+    """x [batch, 8] -> relu(x W1 + b1) W2 + b2 -> softmax -> probabilities [batch, 3]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w1, b1, w2, b2 = weights(seed)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", CLASSES])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by every onnxruntime since 1.10
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def torch_mlp(seed: int = 0):
+    import torch
+    w1, b1, w2, b2 = weights(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(),
+                                torch.nn.Linear(HIDDEN, CLASSES))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.from_numpy(w1.T.copy()))
+        model[0].bias.copy_(torch.from_numpy(b1))
+        model[2].weight.copy_(torch.from_numpy(w2.T.copy()))
+        model[2].bias.copy_(torch.from_numpy(b2))
+    return model.eval()
+
+
+def torchscript_mlp(path: Path, seed: int = 0) -> None:
+    """The same MLP as TorchScript, returning logits: forward(x) -> [batch, 3]."""
+    import torch
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(torch_mlp(seed)).save(str(path))
+
+
+def exported_mlp(path: Path, seed: int = 0) -> None:
+    """The same MLP as a torch.export program with a dynamic batch dimension."""
+    import torch
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(torch_mlp(seed), (torch.zeros(2, FEATURES),),
+                                  dynamic_shapes={"input": {0: batch}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+
+
+def xgboost_classifier(path: Path, seed: int = 0) -> None:
+    """Three classes from four features: 20 trees of depth 3 on a synthetic, learnable problem."""
+    import xgboost as xgb
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((600, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int) + (x[:, 2] > 0.8).astype(int)
+    booster = xgb.train({"objective": "multi:softprob", "num_class": 3, "max_depth": 3, "eta": 0.3,
+                         "seed": seed, "nthread": 1}, xgb.DMatrix(x, label=y), num_boost_round=20)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(path))
+
+
+def main(repository: Path) -> None:
+    onnx_mlp(repository / "onnx_mlp" / "1" / "model.onnx")
+    torchscript_mlp(repository / "torch_mlp" / "1" / "model.pt")
+    xgboost_classifier(repository / "xgboost_classifier" / "1" / "model.json")
+    for name in ("onnx_mlp", "torch_mlp", "xgboost_classifier"):
+        print(f"wrote {repository / name}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent)
