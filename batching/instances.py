@@ -32,7 +32,7 @@ def instance_specs(config: ModelConfig, gpu_count: int) -> list[InstanceSpec]:
     for group in config.instance_group:
         if group.kind == "KIND_GPU":
             gpus = group.gpus or list(range(gpu_count))
-            if not gpus:
+            if not gpu_count:
                 raise Unavailable(f"instance_group '{group.name}' is KIND_GPU but this machine has no "
                                   f"usable NVIDIA GPU; use KIND_CPU (or KIND_AUTO, which falls back "
                                   f"to the CPU)")
