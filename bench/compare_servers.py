@@ -88,10 +88,10 @@ def naiad_repository(work: Path) -> Path:
 
 
 def measure(perf_analyzer: str, model: str, grpc_port: int, concurrency: int, window_ms: int,
-            report: Path) -> dict:
+            report: Path, extra: list[str] = ()) -> dict:
     command = [perf_analyzer, "-m", model, "-i", "grpc", "-u", f"127.0.0.1:{grpc_port}", "--async",
                "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms),
-               "--stability-percentage", "20", "--max-trials", "6", "-f", str(report)]
+               "--stability-percentage", "20", "--max-trials", "6", "-f", str(report), *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if result.returncode != 0 or not report.exists():
         return {"error": (result.stdout + result.stderr).strip().splitlines()[-1:]}

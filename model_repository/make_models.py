@@ -15,25 +15,24 @@ import numpy as np
 FEATURES, HIDDEN, CLASSES = 8, 16, 3
 
 
-def weights(seed: int = 0) -> tuple[np.ndarray, ...]:
+def weights(seed: int = 0, features: int = FEATURES, hidden: int = HIDDEN) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((FEATURES, HIDDEN)).astype(np.float32) / 3,
-            rng.standard_normal(HIDDEN).astype(np.float32) / 10,
-            rng.standard_normal((HIDDEN, CLASSES)).astype(np.float32) / 4,
-            rng.standard_normal(CLASSES).astype(np.float32) / 10)
+    arrays = (rng.standard_normal((features, hidden)) / np.sqrt(features), rng.standard_normal(hidden) / 10,
+              rng.standard_normal((hidden, CLASSES)) / np.sqrt(hidden), rng.standard_normal(CLASSES) / 10)
+    return tuple(a.astype(np.float32) for a in arrays)
 
 
-def onnx_mlp(path: Path, seed: int = 0) -> None:
+def onnx_mlp(path: Path, seed: int = 0, features: int = FEATURES, hidden: int = HIDDEN) -> None:
     """x [batch, 8] -> relu(x W1 + b1) W2 + b2 -> softmax -> probabilities [batch, 3]."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    w1, b1, w2, b2 = weights(seed)
+    w1, b1, w2, b2 = weights(seed, features, hidden)
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
          helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"]),
          helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
         "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", CLASSES])],
         [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -43,11 +42,11 @@ def onnx_mlp(path: Path, seed: int = 0) -> None:
     onnx.save(model, str(path))
 
 
-def torch_mlp(seed: int = 0):
+def torch_mlp(seed: int = 0, features: int = FEATURES, hidden: int = HIDDEN):
     import torch
-    w1, b1, w2, b2 = weights(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.ReLU(),
-                                torch.nn.Linear(HIDDEN, CLASSES))
+    w1, b1, w2, b2 = weights(seed, features, hidden)
+    model = torch.nn.Sequential(torch.nn.Linear(features, hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, CLASSES))
     with torch.no_grad():
         model[0].weight.copy_(torch.from_numpy(w1.T.copy()))
         model[0].bias.copy_(torch.from_numpy(b1))
@@ -56,11 +55,11 @@ def torch_mlp(seed: int = 0):
     return model.eval()
 
 
-def torchscript_mlp(path: Path, seed: int = 0) -> None:
+def torchscript_mlp(path: Path, seed: int = 0, features: int = FEATURES, hidden: int = HIDDEN) -> None:
     """The same MLP as TorchScript, returning logits: forward(x) -> [batch, 3]."""
     import torch
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(torch_mlp(seed)).save(str(path))
+    torch.jit.script(torch_mlp(seed, features, hidden)).save(str(path))
 
 
 def exported_mlp(path: Path, seed: int = 0) -> None:
@@ -73,14 +72,15 @@ def exported_mlp(path: Path, seed: int = 0) -> None:
     torch.export.save(program, str(path))
 
 
-def xgboost_classifier(path: Path, seed: int = 0) -> None:
-    """Three classes from four features: 20 trees of depth 3 on a synthetic, learnable problem."""
+def xgboost_classifier(path: Path, seed: int = 0, rounds: int = 20, depth: int = 3) -> None:
+    """Three classes from four features: 20 rounds of trees of depth 3 on a synthetic, learnable
+    problem."""
     import xgboost as xgb
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((600, 4)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int) + (x[:, 2] > 0.8).astype(int)
-    booster = xgb.train({"objective": "multi:softprob", "num_class": 3, "max_depth": 3, "eta": 0.3,
-                         "seed": seed, "nthread": 1}, xgb.DMatrix(x, label=y), num_boost_round=20)
+    booster = xgb.train({"objective": "multi:softprob", "num_class": 3, "max_depth": depth, "eta": 0.3,
+                         "seed": seed, "nthread": 1}, xgb.DMatrix(x, label=y), num_boost_round=rounds)
     path.parent.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(path))
 
