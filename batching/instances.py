@@ -96,11 +96,9 @@ def close_instance(model_name: str, instance: ModelInstance) -> None:
         log.exception("model '%s': closing an instance failed", model_name)
 
 
-class Worker:
-    """An instance with a thread of its own: batches run off the event loop. It may hold two batches,
-    so that it starts the next one without waiting for the event loop."""
+class InProcessWorker:
+    """What the thread and inline workers share: an instance object in the server's process."""
 
-    depth = 2
     available = True
 
     def __init__(self, model_name: str, name: str, instance: ModelInstance,
@@ -111,12 +109,23 @@ class Worker:
         self.loop = loop
         self.on_done: Done | None = None
         self.in_hand = 0  # read and written on the event loop only
-        self.batches: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._work, name=f"naiad-{name}", daemon=True)
-        self.thread.start()
 
     def attach(self, on_done: Done, on_available) -> None:
         self.on_done = on_done
+
+
+class Worker(InProcessWorker):
+    """An instance with a thread of its own: batches run off the event loop. It may hold two batches,
+    so that it starts the next one without waiting for the event loop."""
+
+    depth = 2
+
+    def __init__(self, model_name: str, name: str, instance: ModelInstance,
+                 loop: asyncio.AbstractEventLoop):
+        super().__init__(model_name, name, instance, loop)
+        self.batches: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._work, name=f"naiad-{name}", daemon=True)
+        self.thread.start()
 
     def run(self, batch: list[Pending]) -> None:
         self.batches.put(batch)
@@ -133,25 +142,12 @@ class Worker:
         close_instance(self.model_name, self.instance)
 
 
-class InlineWorker:
+class InlineWorker(InProcessWorker):
     """An instance that runs its batches on the event loop itself, for models that take microseconds:
     a hand-off to a thread costs more than they do (see docs/benchmarks.md). A slow model here stalls
     every request of the server, so it is only used when a model's configuration asks for it."""
 
     depth = 1
-    available = True
-
-    def __init__(self, model_name: str, name: str, instance: ModelInstance,
-                 loop: asyncio.AbstractEventLoop):
-        self.model_name = model_name
-        self.name = name
-        self.instance = instance
-        self.loop = loop
-        self.on_done: Done | None = None
-        self.in_hand = 0
-
-    def attach(self, on_done: Done, on_available) -> None:
-        self.on_done = on_done
 
     def run(self, batch: list[Pending]) -> None:
         responses, timings = execute(self.model_name, self.instance, [p.request for p in batch])

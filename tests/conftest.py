@@ -110,12 +110,17 @@ def start_server(tmp_path):
         assert server.killed or status == 0, f"naiad exited with {status} at shutdown:\n{server.log()}"
 
 
+def session_server(repository: Path, tmp_path_factory, name: str):
+    """A server for a whole session (a fixture's body): started, yielded, stopped and checked."""
+    server = NaiadServer(repository, tmp_path_factory.mktemp(name) / "naiad.log").wait_ready()
+    yield server
+    assert server.stop() == 0, server.log()
+
+
 @pytest.fixture(scope="session")
 def shipped_server(tmp_path_factory):
     """One server for the session, serving the repository naiad ships."""
-    server = NaiadServer(SHIPPED_REPOSITORY, tmp_path_factory.mktemp("shipped") / "naiad.log").wait_ready()
-    yield server
-    assert server.stop() == 0, server.log()
+    yield from session_server(SHIPPED_REPOSITORY, tmp_path_factory, "shipped")
 
 
 @pytest.fixture(scope="session")
@@ -128,9 +133,7 @@ def test_repository(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(test_repository, tmp_path_factory):
     """One server for the session, serving the test models (tests/models.py)."""
-    server = NaiadServer(test_repository, tmp_path_factory.mktemp("server") / "naiad.log").wait_ready()
-    yield server
-    assert server.stop() == 0, server.log()
+    yield from session_server(test_repository, tmp_path_factory, "server")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 import xgboost
 import yaml
 
-from tests.conftest import SHIPPED_REPOSITORY
+from tests.conftest import SHIPPED_REPOSITORY, session_server
 
 spec = importlib.util.spec_from_file_location("make_models", SHIPPED_REPOSITORY / "make_models.py")
 make_models = importlib.util.module_from_spec(spec)
@@ -63,10 +63,7 @@ def framework_repository(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def framework_server(framework_repository, tmp_path_factory):
-    from tests.conftest import NaiadServer
-    server = NaiadServer(framework_repository, tmp_path_factory.mktemp("fw") / "naiad.log").wait_ready()
-    yield server
-    assert server.stop() == 0, server.log()
+    yield from session_server(framework_repository, tmp_path_factory, "frameworks")
 
 
 def features(batch: int, width: int, seed: int = 0) -> np.ndarray:
