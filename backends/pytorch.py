@@ -5,10 +5,12 @@ torch.export programs (`<version>/model.pt2`). Runs under torch.inference_mode o
 Inputs are passed to forward() in the order of its arguments when the configured names are its argument
 names, by index when they follow Triton's `NAME__<index>` convention, and else in configuration order.
 Outputs (a tensor, a tuple or list of tensors, or a dict) map to the configured outputs the same way.
-`parameters: {torch_compile: "true"}` runs the model through torch.compile."""
+`parameters: {torch_compile: "true"}` runs an exported program through torch.compile (the first batch
+of each shape pays the compilation)."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import ml_dtypes
@@ -23,6 +25,8 @@ from naiad.daemon.model_config import ModelConfig
 
 FILES = ("model.pt", "model.pt2")
 _INDEXED = re.compile(r"^.*__(\d+)$")
+# torch.export.load keeps global state while it reads: models that load at once take turns
+_LOADING = threading.Lock()
 
 
 def _torch():
@@ -42,9 +46,10 @@ def load(path: Path, device: str = "cpu"):
     """A TorchScript module or an exported program's module, on `device`, in eval mode."""
     torch = _torch()
     try:
-        if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module().to(device)
-        return torch.jit.load(str(path), map_location=device).eval()
+        with _LOADING:
+            if path.suffix == ".pt2":
+                return torch.export.load(str(path)).module().to(device)
+            return torch.jit.load(str(path), map_location=device).eval()
     except Exception as e:
         raise ConfigError([f"{path}: PyTorch cannot load it ({type(e).__name__}: {' '.join(str(e).split())[:300]})"])
 
@@ -64,7 +69,8 @@ def argument_names(module) -> list[str]:
 def _exported_signature(path: Path) -> tuple[list[TensorSignature], list[TensorSignature]]:
     """Names, data types and shapes from a torch.export program (dynamic sizes become -1)."""
     torch = _torch()
-    program = torch.export.load(str(path))
+    with _LOADING:
+        program = torch.export.load(str(path))
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     shape = lambda value: [d if isinstance(d, int) else -1 for d in value.shape]
     inputs = []
@@ -120,9 +126,14 @@ class PyTorchInstance(TensorInstance):
         self.device = torch.device(f"cuda:{spec.device_id}" if spec.kind == "KIND_GPU" else "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(["a KIND_GPU instance needs a PyTorch built with CUDA and a GPU it can use"])
-        self.module = load(model_file(files, FILES), str(self.device))
+        path = model_file(files, FILES)
+        self.module = load(path, str(self.device))
         if files.config.parameters.get("torch_compile", "false").lower() == "true":
-            self.module = torch.compile(self.module)
+            if path.suffix != ".pt2":
+                raise ConfigError([f"parameters.torch_compile: torch.compile takes a torch.export program "
+                                   f"(model.pt2), not TorchScript ({path.name}); export the model, or "
+                                   f"remove the parameter"])
+            self.module = torch.compile(self.module)  # compiles at the first batch of each new shape
         self.inputs = _order([i.name for i in files.config.input], argument_names(self.module))
         self.outputs = _order([o.name for o in files.config.output], [])
 

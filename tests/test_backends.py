@@ -42,6 +42,8 @@ def framework_repository(tmp_path_factory):
                                       "output": [{"name": "OUTPUT__0", "data_type": "FP32", "dims": [3]}]},
           make_models.torchscript_mlp, "model.pt")
     write(repository, "exported", {"max_batch_size": 16}, make_models.exported_mlp, "model.pt2")
+    write(repository, "exported_compiled", {"max_batch_size": 16, "parameters": {"torch_compile": "true"}},
+          make_models.exported_mlp, "model.pt2")
     for name, parameters in (("xgb_value", {}), ("xgb_proba", {"output_class": "true", "predict_proba": "true"}),
                              ("xgb_class", {"output_class": "true"}), ("xgb_margin", {"output_margin": "true"})):
         write(repository, name, {"max_batch_size": 64, "parameters": parameters},
@@ -54,6 +56,10 @@ def framework_repository(tmp_path_factory):
           make_models.onnx_mlp, "model.onnx")
     write(repository, "onnx_misnamed", {"input": [{"name": "features"}]}, make_models.onnx_mlp, "model.onnx")
     write(repository, "torchscript_untyped", {"max_batch_size": 8}, make_models.torchscript_mlp, "model.pt")
+    write(repository, "torchscript_compiled", {"max_batch_size": 8, "parameters": {"torch_compile": "true"},
+                                               "input": [{"name": "input", "data_type": "FP32", "dims": [8]}],
+                                               "output": [{"name": "OUTPUT__0", "data_type": "FP32", "dims": [3]}]},
+          make_models.torchscript_mlp, "model.pt")
     (repository / "torch_missing" / "1").mkdir(parents=True)
     (repository / "torch_missing" / "config.yaml").write_text("backend: pytorch\n")
     write(repository, "xgb_bad_parameter", {"parameters": {"output_class": "yes"}},
@@ -132,6 +138,15 @@ def test_xgboost_equals_booster(framework_server, framework_repository, protocol
     np.testing.assert_array_equal(got["xgb_margin"], margins)
 
 
+def test_torch_compile(framework_server, framework_repository):
+    x = features(5, 8)
+    module = torch.export.load(str(framework_repository / "exported_compiled" / "1" / "model.pt2")).module()
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(x)).numpy()
+    got = served(framework_server, "exported_compiled", {"input": x}, "grpc")["OUTPUT__0"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # compiled kernels sum in their order
+
+
 def test_batched_requests_get_their_own_rows(framework_server, framework_repository):
     """Concurrent requests to an auto-completed (dynamically batched) ONNX model: each gets its slice."""
     import asyncio
@@ -183,6 +198,7 @@ def test_auto_complete(framework_server):
     ("torchscript_untyped", ["a TorchScript file keeps no data types or shapes",
                              "forward() takes input, e.g. input: [{name: input, data_type: TYPE_FP32"]),
     ("torch_missing", ["torch_missing/1/model.pt: missing", "model.pt or model.pt2"]),
+    ("torchscript_compiled", ["parameters.torch_compile: torch.compile takes a torch.export program"]),
     ("xgb_bad_parameter", ["parameters.output_class: expected \"true\" or \"false\", got 'yes'"]),
 ])
 def test_load_errors_name_the_file_and_the_fix(framework_server, model, words):
