@@ -79,7 +79,7 @@ class Tensor:
 class InferenceRequest:
     """One request as `execute` receives it."""
 
-    __slots__ = ("_inputs", "_requested", "_id", "_parameters", "_flags")
+    __slots__ = ("_inputs", "_requested", "_id", "_parameters")
 
     def __init__(self, inputs: dict[str, np.ndarray], requested_output_names: list[str],
                  request_id: str = "", parameters: dict | None = None):

@@ -205,7 +205,6 @@ class ProcessWorker:
         self.inputs = Segment.new(FIRST_SEGMENT_BYTES)
         self.outputs = Segment.new(FIRST_SEGMENT_BYTES)
         self.sent_segments: tuple | None = None
-        self.restarts = 0
         try:
             self._start()  # blocking; raises when the model fails to set itself up
         except BaseException:
@@ -338,7 +337,6 @@ class ProcessWorker:
                 time.sleep(wait)
                 wait = min(wait * 2, 30)
                 continue
-            self.restarts += 1
             self.loop.call_soon_threadsafe(self._back)
             return
 

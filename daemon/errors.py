@@ -10,7 +10,6 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = ("INVALID_ARGUMENT", 400)
     NOT_FOUND = ("NOT_FOUND", 404)
     UNAVAILABLE = ("UNAVAILABLE", 503)
-    RESOURCE_EXHAUSTED = ("RESOURCE_EXHAUSTED", 429)
     UNIMPLEMENTED = ("UNIMPLEMENTED", 501)
     INTERNAL = ("INTERNAL", 500)
 
@@ -47,10 +46,6 @@ class Unavailable(NaiadError):
 
 class Rejected(Unavailable):
     """The scheduler turned the request away: its queue was full, or it waited past its timeout."""
-
-
-class ResourceExhausted(NaiadError):
-    code = Code.RESOURCE_EXHAUSTED
 
 
 class Unimplemented(NaiadError):
