@@ -87,7 +87,7 @@ class OutputChecker:
         self.reshapes = {o.name: list(o.dims) for o in config.output if o.reshape is not None}
 
     def response(self, request: InferRequest, outputs: dict[str, np.ndarray]) -> InferResponse:
-        wanted = request.requested_outputs
+        wanted = request.output_names
         kept = {}
         for name in (wanted if wanted is not None else self.outputs):
             array = outputs.get(name)

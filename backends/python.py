@@ -82,7 +82,7 @@ class PythonInstance(ModelInstance):
         self.loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(model.execute) else None
 
     def prepare(self, requests: list[InferRequest]) -> list[pb.InferenceRequest]:
-        return [pb.InferenceRequest(r.inputs, r.requested_outputs or self.all_outputs, r.id, r.parameters)
+        return [pb.InferenceRequest(r.inputs, r.output_names or self.all_outputs, r.id, r.parameters)
                 for r in requests]
 
     def run(self, prepared: list[pb.InferenceRequest]):

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from naiad.backends.base import InstanceSpec, ModelInstance, failed
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
-from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.inference import InferRequest, InferResponse, place_outputs
 from naiad.daemon.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ def execute(model_name: str, instance: ModelInstance, requests: list[InferReques
         result = instance.run(prepared)
         t2 = time.perf_counter_ns()
         responses = instance.finish(requests, result)
+        for request, response in zip(requests, responses):
+            if request.output_places:
+                place_outputs(request, response)
     except NaiadError as e:
         responses = failed(requests, e)
     except Exception as e:  # the model's own failure: fail this batch, keep serving

@@ -30,7 +30,7 @@ from naiad.backends.base import InstanceSpec, ModelFiles, failed
 from naiad.batching.instances import Done, Pending, Timings
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError, Internal
-from naiad.daemon.inference import InferResponse
+from naiad.daemon.inference import InferResponse, place_outputs
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class ProcessWorker:
         for p in batch:
             r = p.request
             n = len(r.inputs)
-            requests.append((r.model_name, r.model_version, r.id, r.parameters, r.requested_outputs,
+            requests.append((r.model_name, r.model_version, r.id, r.parameters, r.output_names,
                              r.batch_size, described[at:at + n]))
             at += n
         segments = (self.inputs.path, self.inputs.size, self.outputs.path, self.outputs.size)
@@ -295,6 +295,9 @@ class ProcessWorker:
             else:
                 outputs = dict(read_tensor(source, d, copy=True) for d in answer["outputs"])
                 responses.append(InferResponse(outputs, parameters=answer["parameters"]))
+        for pending, response in zip(batch, responses):
+            if pending.request.output_places:
+                place_outputs(pending.request, response)
         if "inline" in message:  # they did not fit: give the next batch more room
             self.outputs.close(unlink=True)
             self.outputs = Segment.new(max(len(message["inline"]), 2 * self.outputs.size))

@@ -12,7 +12,7 @@ from naiad.batching.instances import close_instance, execute
 from naiad.batching.processes import (Receiver, Segment, layout_size, read_tensor, send, tensor_bytes,
                                       write_tensors)
 from naiad.daemon.errors import ConfigError
-from naiad.daemon.inference import InferRequest
+from naiad.daemon.inference import InferRequest, RequestedOutput
 
 
 def main(request_fd: int, reply_fd: int) -> int:
@@ -47,7 +47,8 @@ def main(request_fd: int, reply_fd: int) -> int:
         requests = []
         for model, version, request_id, parameters, requested, batch_size, described in message["requests"]:
             tensors = dict(read_tensor(inputs.map, d, copy=False) for d in described)
-            requests.append(InferRequest(model, version, tensors, requested, request_id, parameters,
+            wanted = None if requested is None else [RequestedOutput(name) for name in requested]
+            requests.append(InferRequest(model, version, tensors, wanted, request_id, parameters,
                                          batch_size=batch_size))
         responses, timings = execute(files.name, instance, requests)
         send(reply_fd, _reply(responses, timings, outputs))

@@ -12,6 +12,3 @@ except metadata.PackageNotFoundError:
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics",
               "parameters"]
 
-
-def server_metadata() -> dict:
-    return {"name": SERVER_NAME, "version": VERSION, "extensions": list(EXTENSIONS)}

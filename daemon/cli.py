@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest request body (HTTP) or message (gRPC) taken")
     serve.add_argument("--exit-timeout-secs", type=float, default=d.exit_timeout_secs,
                        help="at shutdown, how long requests in flight may take to finish")
+    serve.add_argument("--allow-client-shm", type=_flag_bool, default=d.allow_client_shm, metavar="BOOL",
+                       help="let clients register system and CUDA shared-memory regions for tensors "
+                            "(off by default: a region gives the client's tensors access to this "
+                            "server's memory maps; turn it on for clients on this host you trust)")
     serve.add_argument("--log-verbose", type=int, default=d.log_verbose, metavar="LEVEL",
                        help="0: info; 1 or more: debug")
 

@@ -65,8 +65,9 @@ def parse(text: str) -> DataType | None:
     return _BY_ANY_NAME.get(text.upper()) if isinstance(text, str) else None
 
 
-def of_array(array: np.ndarray) -> DataType | None:
-    """The data type a numpy array holds; str and fixed-width bytes arrays count as BYTES."""
+def of_array(array) -> DataType | None:
+    """The data type an array (numpy, or anything with a numpy `dtype`) holds; str and fixed-width
+    bytes arrays count as BYTES."""
     found = _BY_TYPE_NUMBER.get(array.dtype.num)
     return found if found is not None and array.dtype.isnative else None
 

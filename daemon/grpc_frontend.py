@@ -10,12 +10,14 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from naiad.daemon import datatypes, server_metadata
+from naiad.daemon import datatypes
+from naiad.daemon.dataplane import DataPlane, placed_parameters
 from naiad.daemon.errors import InvalidArgument, NaiadError
-from naiad.daemon.inference import (InferRequest, InferResponse, check_tensor_parameters,
-                                    scheduling_parameters)
+from naiad.daemon.inference import (InferRequest, InferResponse, Placed, RequestedOutput, SharedInput,
+                                    check_tensor_parameters, region_slice, scheduling_parameters)
 from naiad.daemon.model_config import to_dict
 from naiad.daemon.registry import Registry
+from naiad.daemon.shared_memory import CudaRegion, SystemRegion
 from naiad.proto import grpc_service_pb2 as pb
 from naiad.proto import health_pb2, model_config_pb2
 
@@ -63,11 +65,9 @@ def _from_contents(tensor, datatype: datatypes.DataType, shape: list[int]) -> np
 
 def decode_request(message: pb.ModelInferRequest) -> InferRequest:
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise InvalidArgument(f"raw_input_contents holds {len(raw)} entries for {len(message.inputs)} "
-                              f"inputs; send one per input, in the order of `inputs`")
     inputs = {}
-    for i, tensor in enumerate(message.inputs):
+    raw_used = 0
+    for tensor in message.inputs:
         name = tensor.name
         datatype = datatypes.BY_NAME.get(tensor.datatype)
         if datatype is None:
@@ -75,21 +75,38 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
                                   f"of {', '.join(datatypes.BY_NAME)}")
         if name in inputs:
             raise InvalidArgument(f"input '{name}' appears twice in the request")
-        if tensor.parameters:
-            check_tensor_parameters("input", name, tensor.parameters)
         shape = list(tensor.shape)
         if shape and min(shape) < 0:
             raise InvalidArgument(f"input '{name}': shape {shape} must list sizes >= 0")
-        if raw:
-            inputs[name] = datatypes.from_raw(name, datatype, shape, raw[i])
+        where = None
+        if tensor.parameters:
+            parameters = _parameters(tensor.parameters)
+            check_tensor_parameters("input", name, parameters)
+            where = region_slice("input", name, parameters)
+        if where is not None:
+            inputs[name] = SharedInput(datatype, tuple(shape), where)
+        elif raw:
+            if raw_used == len(raw):
+                raise InvalidArgument(f"raw_input_contents holds {len(raw)} entries, fewer than the inputs "
+                                      f"not in shared memory; send one per input, in the order of `inputs`")
+            inputs[name] = datatypes.from_raw(name, datatype, shape, raw[raw_used])
+            raw_used += 1
         else:
             inputs[name] = _from_contents(tensor, datatype, shape)
+    if raw_used != len(raw):
+        raise InvalidArgument(f"raw_input_contents holds {len(raw)} entries for {raw_used} inputs not in "
+                              f"shared memory; send one per input, in the order of `inputs`")
     request = InferRequest(message.model_name, message.model_version, inputs, id=message.id)
     if message.outputs:
+        requested = []
         for output in message.outputs:
+            where = None
             if output.parameters:
-                check_tensor_parameters("output", output.name, output.parameters)
-        request.requested_outputs = [output.name for output in message.outputs]
+                parameters = _parameters(output.parameters)
+                check_tensor_parameters("output", output.name, parameters)
+                where = region_slice("output", output.name, parameters)
+            requested.append(RequestedOutput(output.name, where=where))
+        request.requested_outputs = requested
     if message.parameters:
         request.parameters = _parameters(message.parameters)
         request.priority, request.timeout_us = scheduling_parameters(request.parameters)
@@ -115,9 +132,18 @@ def encode_response(request: InferRequest, model_version: str, response: InferRe
                                     id=request.id)
     outputs = message.outputs
     raw = message.raw_output_contents
+    placed = []
     for name, array in response.outputs.items():
+        if isinstance(array, Placed):
+            placed.append((name, array))
+            continue
         outputs.add(name=name, datatype=datatypes.of_array(array).name, shape=array.shape)
         raw.append(datatypes.to_raw(array))
+    # after the others: raw_output_contents[i] belongs to outputs[i]
+    for name, found in placed:
+        output = outputs.add(name=name, datatype=found.datatype.name, shape=found.shape)
+        for key, value in placed_parameters(found).items():
+            _set_parameter(output.parameters[key], value)
     for key, value in response.parameters.items():
         _set_parameter(message.parameters[key], value)
     return message
@@ -148,13 +174,14 @@ def _unimplemented(what: str):
 
 
 class InferenceService:
-    def __init__(self, registry: Registry):
-        self.registry = registry
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
+        self.registry = plane.registry
+        self.shared_memory = plane.shared_memory
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        served = self.registry.get(message.model_name, message.model_version)
         request = decode_request(message)
-        response = await served.infer(request)
+        served, response = await self.plane.infer(request)
         return encode_response(request, served.version_text, response)
 
     @_rpc
@@ -209,13 +236,11 @@ class InferenceService:
 
     @_rpc
     async def ServerMetadata(self, message, context):
-        return json_format.ParseDict(server_metadata(), pb.ServerMetadataResponse())
+        return json_format.ParseDict(self.plane.server_metadata(), pb.ServerMetadataResponse())
 
     @_rpc
     async def ModelMetadata(self, message, context):
-        served = self.registry.get(message.name, message.version)
-        metadata = served.metadata()
-        metadata["versions"] = self.registry.versions_of(message.name)
+        metadata = self.plane.model_metadata(message.name, message.version)
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
     @_rpc
@@ -236,16 +261,9 @@ class InferenceService:
 
     @_rpc
     async def RepositoryModelLoad(self, message, context):
-        config, files = None, {}
-        for key, value in message.parameters.items():
-            if key == "config":
-                config = value.string_param
-            elif key.startswith("file:"):
-                files[key[len("file:"):]] = value.bytes_param
-            else:
-                raise InvalidArgument(f"load parameter '{key}' is not known; known: config, "
-                                      f"file:<version>/<name>")
-        await self.registry.load(message.model_name, config, files or None)
+        parameters = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                      for key, value in message.parameters.items()}
+        await self.plane.load(message.model_name, parameters)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
@@ -253,12 +271,37 @@ class InferenceService:
         await self.registry.unload(message.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    SystemSharedMemoryStatus = _unimplemented("system shared memory")
-    SystemSharedMemoryRegister = _unimplemented("system shared memory")
-    SystemSharedMemoryUnregister = _unimplemented("system shared memory")
-    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
-    CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
-    CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
+    @_rpc
+    async def SystemSharedMemoryRegister(self, message, context):
+        self.shared_memory.register_system(message.name, message.key, message.offset, message.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(self, message, context):
+        self.shared_memory.unregister(SystemRegion, message.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryStatus(self, message, context):
+        regions = {r["name"]: r for r in self.shared_memory.status(SystemRegion, message.name)}
+        return json_format.ParseDict({"regions": regions}, pb.SystemSharedMemoryStatusResponse())
+
+    @_rpc
+    async def CudaSharedMemoryRegister(self, message, context):
+        self.shared_memory.register_cuda(message.name, message.raw_handle, message.device_id,
+                                         message.byte_size)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(self, message, context):
+        self.shared_memory.unregister(CudaRegion, message.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryStatus(self, message, context):
+        regions = {r["name"]: r for r in self.shared_memory.status(CudaRegion, message.name)}
+        return json_format.ParseDict({"regions": regions}, pb.CudaSharedMemoryStatusResponse())
+
     TraceSetting = _unimplemented("tracing")
     LogSettings = _unimplemented("changing log settings at run time")
 
@@ -293,7 +336,7 @@ def _handler(service, module, descriptor) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
 
-async def start(registry: Registry, address: str, port: int, max_message_bytes: int
+async def start(plane: DataPlane, address: str, port: int, max_message_bytes: int
                 ) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -301,8 +344,8 @@ async def start(registry: Registry, address: str, port: int, max_message_bytes: 
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ])
     server.add_generic_rpc_handlers((
-        _handler(InferenceService(registry), pb, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]),
-        _handler(HealthService(registry), health_pb2, health_pb2.DESCRIPTOR.services_by_name["Health"]),
+        _handler(InferenceService(plane), pb, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]),
+        _handler(HealthService(plane.registry), health_pb2, health_pb2.DESCRIPTOR.services_by_name["Health"]),
     ))
     try:
         bound = server.add_insecure_port(f"{address}:{port}")

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from naiad.daemon import datatypes, server_metadata
+from naiad.daemon import datatypes
+from naiad.daemon.dataplane import DataPlane, placed_parameters
 from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
-from naiad.daemon.inference import (InferRequest, InferResponse, check_tensor_parameters,
-                                    scheduling_parameters)
+from naiad.daemon.inference import (InferRequest, InferResponse, Placed, RequestedOutput, SharedInput,
+                                    check_tensor_parameters, region_slice, scheduling_parameters)
 from naiad.daemon.model_config import to_dict
-from naiad.daemon.registry import Registry
+from naiad.daemon.shared_memory import CudaRegion, SystemRegion
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,8 @@ def _from_json(name: str, datatype: datatypes.DataType, shape: list[int], data: 
 
 
 def decode_request(model: str, version: str, body: bytes, header_length: str | None) -> tuple[
-        InferRequest, bool, dict[str, bool]]:
-    """The request; whether outputs go back as binary data by default; and, per requested output,
-    whether that one does."""
+        InferRequest, bool]:
+    """The request, and whether outputs go back as binary data unless an output says otherwise."""
     binary = memoryview(b"")
     if header_length is not None:
         try:
@@ -151,7 +151,10 @@ def decode_request(model: str, version: str, body: bytes, header_length: str | N
         tensor_params = _field(tensor, "parameters", dict, where, required=False) or {}
         check_tensor_parameters("input", name, tensor_params)
         size = tensor_params.get("binary_data_size")
-        if size is not None:
+        shared = region_slice("input", name, tensor_params)
+        if shared is not None:
+            inputs[name] = SharedInput(datatype, tuple(shape), shared)
+        elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary) - offset:
                 raise InvalidArgument(f"{where}: binary_data_size {size!r} does not fit the "
                                       f"{len(binary) - offset} bytes of binary data left")
@@ -166,7 +169,7 @@ def decode_request(model: str, version: str, body: bytes, header_length: str | N
         raise InvalidArgument(f"{len(binary) - offset} bytes of binary data follow the inputs that "
                               f"binary_data_size accounts for")
     binary_default = parameters.get("binary_data_output") is True
-    requested, binary_outputs = None, {}
+    requested = None
     outputs = _field(header, "outputs", list, "request", required=False)
     if outputs is not None:
         requested = []
@@ -176,14 +179,15 @@ def decode_request(model: str, version: str, body: bytes, header_length: str | N
             name = _field(output, "name", str, f"outputs[{i}]")
             output_params = _field(output, "parameters", dict, f"output '{name}'", required=False) or {}
             check_tensor_parameters("output", name, output_params)
-            requested.append(name)
-            binary_outputs[name] = output_params.get("binary_data", binary_default) is True
+            binary = output_params.get("binary_data")
+            requested.append(RequestedOutput(name, binary if isinstance(binary, bool) else None,
+                                             region_slice("output", name, output_params)))
     request_id = header.get("id", "")
     priority, timeout_us = scheduling_parameters(parameters)
     request = InferRequest(model, version, inputs, requested,
                            request_id if isinstance(request_id, str) else str(request_id), parameters,
                            priority, timeout_us)
-    return request, binary_default, binary_outputs
+    return request, binary_default
 
 
 # --- core to wire --------------------------------------------------------------------------------
@@ -202,9 +206,14 @@ def _to_json(name: str, array: np.ndarray) -> list:
 
 
 def encode_response(request: InferRequest, model_version: str, response: InferResponse,
-                    binary_default: bool, binary_outputs: dict[str, bool]) -> web.Response:
+                    binary_default: bool) -> web.Response:
+    binary_outputs = {o.name: o.binary for o in request.requested_outputs or () if o.binary is not None}
     outputs, chunks = [], []
     for name, array in response.outputs.items():
+        if isinstance(array, Placed):
+            outputs.append({"name": name, "datatype": array.datatype.name, "shape": list(array.shape),
+                            "parameters": placed_parameters(array)})
+            continue
         entry = {"name": name, "datatype": datatypes.of_array(array).name, "shape": list(array.shape)}
         if binary_outputs.get(name, binary_default):
             raw = datatypes.to_raw(array)
@@ -244,8 +253,10 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
 
 
 class Endpoints:
-    def __init__(self, registry: Registry):
-        self.registry = registry
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
+        self.registry = plane.registry
+        self.shared_memory = plane.shared_memory
 
     def _model(self, request: web.Request):
         info = request.match_info
@@ -258,13 +269,11 @@ class Endpoints:
         return web.Response(status=200 if self.registry.ready else 400)
 
     async def server_metadata(self, request):
-        return _json(server_metadata())
+        return _json(self.plane.server_metadata())
 
     async def model_metadata(self, request):
-        served = self._model(request)
-        metadata = served.metadata()
-        metadata["versions"] = self.registry.versions_of(served.name)
-        return _json(metadata)
+        info = request.match_info
+        return _json(self.plane.model_metadata(info["model"], info.get("version", "")))
 
     async def model_ready(self, request):
         info = request.match_info
@@ -277,12 +286,11 @@ class Endpoints:
     async def infer(self, request):
         info = request.match_info
         body = await request.read()
-        served = self._model(request)
-        infer_request, binary_default, binary_outputs = decode_request(
+        self._model(request)  # an unknown model is reported before the body is parsed
+        infer_request, binary_default = decode_request(
             info["model"], info.get("version", ""), body, request.headers.get(HEADER_LENGTH))
-        response = await served.infer(infer_request)
-        return encode_response(infer_request, served.version_text, response, binary_default,
-                               binary_outputs)
+        served, response = await self.plane.infer(infer_request)
+        return encode_response(infer_request, served.version_text, response, binary_default)
 
     async def statistics(self, request):
         info = request.match_info
@@ -296,22 +304,13 @@ class Endpoints:
 
     async def load(self, request):
         parameters = self._parameters(await request.read())
-        config, files = None, {}
         for key, value in parameters.items():
-            if key == "config":
-                if not isinstance(value, str):
-                    raise InvalidArgument("load parameter 'config' must be the configuration as a "
-                                          "JSON string")
-                config = value
-            elif key.startswith("file:"):
+            if key.startswith("file:"):
                 try:
-                    files[key[len("file:"):]] = base64.b64decode(value, validate=True)
+                    parameters[key] = base64.b64decode(value, validate=True)
                 except (binascii.Error, TypeError, ValueError):
                     raise InvalidArgument(f"load parameter '{key}' must be base64-encoded file contents")
-            else:
-                raise InvalidArgument(f"load parameter '{key}' is not known; known: config, "
-                                      f"file:<version>/<name>")
-        await self.registry.load(request.match_info["model"], config, files or None)
+        await self.plane.load(request.match_info["model"], parameters)
         return web.Response()
 
     async def unload(self, request):
@@ -327,6 +326,54 @@ class Endpoints:
             raise InvalidArgument("the request body must be a JSON object with an object 'parameters'")
         return parameters
 
+    # --- shared memory ----------------------------------------------------------------------------
+
+    async def system_register(self, request):
+        body = await self._region_body(request)
+        self.shared_memory.register_system(request.match_info["region"],
+                                           _field(body, "key", str, "register"), _count(body, "offset", 0),
+                                           _count(body, "byte_size"))
+        return web.Response()
+
+    async def cuda_register(self, request):
+        body = await self._region_body(request)
+        handle = _field(body, "raw_handle", dict, "register")
+        try:
+            raw_handle = base64.b64decode(_field(handle, "b64", str, "register: raw_handle"), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgument("register: raw_handle.b64 must be the CUDA IPC handle in base64")
+        self.shared_memory.register_cuda(request.match_info["region"], raw_handle,
+                                         _count(body, "device_id", 0), _count(body, "byte_size"))
+        return web.Response()
+
+    async def unregister(self, request):
+        await request.read()
+        self.shared_memory.unregister(_REGION_KINDS[request.match_info["kind"]],
+                                      request.match_info.get("region", ""))
+        return web.Response()
+
+    async def region_status(self, request):
+        return _json(self.shared_memory.status(_REGION_KINDS[request.match_info["kind"]],
+                                               request.match_info.get("region", "")))
+
+    async def _region_body(self, request) -> dict:
+        self.shared_memory.check_allowed()
+        body = _parse_json(await request.read(), "the request body")
+        if not isinstance(body, dict):
+            raise InvalidArgument("the request body must be a JSON object")
+        return body
+
+
+_REGION_KINDS = {"systemsharedmemory": SystemRegion, "cudasharedmemory": CudaRegion}
+
+
+def _count(body: dict, key: str, default: int | None = None) -> int:
+    """A non-negative integer field of a register request."""
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"register: '{key}' must be an integer >= 0, got {json.dumps(value)[:40]}")
+    return value
+
 
 def _unimplemented(what: str):
     async def handler(request):
@@ -334,8 +381,8 @@ def _unimplemented(what: str):
     return handler
 
 
-def make_app(registry: Registry, max_body_bytes: int) -> web.Application:
-    e = Endpoints(registry)
+def make_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
+    e = Endpoints(plane)
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
     model = "/v2/models/{model}"
     versioned = model + "/versions/{version}"
@@ -352,17 +399,21 @@ def make_app(registry: Registry, max_body_bytes: int) -> web.Application:
     app.router.add_post("/v2/repository/index", e.repository_index)
     app.router.add_post("/v2/repository/models/{model}/load", e.load)
     app.router.add_post("/v2/repository/models/{model}/unload", e.unload)
-    for kind, what in (("systemsharedmemory", "system shared memory"),
-                       ("cudasharedmemory", "CUDA shared memory")):
-        app.router.add_route("*", f"/v2/{kind}/{{tail:.*}}", _unimplemented(what))
+    app.router.add_post("/v2/systemsharedmemory/region/{region}/register", e.system_register)
+    app.router.add_post("/v2/cudasharedmemory/region/{region}/register", e.cuda_register)
+    for kind in _REGION_KINDS:
+        base = "/v2/{kind:%s}" % kind
+        for scope in (base, base + "/region/{region}"):
+            app.router.add_get(scope + "/status", e.region_status)
+            app.router.add_post(scope + "/unregister", e.unregister)
     app.router.add_route("*", "/v2/trace/setting", _unimplemented("tracing"))
     app.router.add_route("*", model + "/trace/setting", _unimplemented("tracing"))
     app.router.add_route("*", "/v2/logging", _unimplemented("changing log settings at run time"))
     return app
 
 
-async def start(registry: Registry, address: str, port: int, max_body_bytes: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(registry, max_body_bytes), access_log=None)
+async def start(plane: DataPlane, address: str, port: int, max_body_bytes: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(plane, max_body_bytes), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, address, port, reuse_port=False).start()
     log.info("HTTP frontend listening on %s:%d", address, port)

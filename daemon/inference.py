@@ -1,38 +1,101 @@
-"""The request and response that travel from a frontend through the scheduler to a backend and back."""
+"""The request and response that travel from a frontend through the scheduler to a backend and back,
+and the places in client shared memory that tensors are read from and written to."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, Union
 
 import numpy as np
 
+from naiad.daemon import cuda, datatypes
 from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
 
+# a tensor: host memory, or device memory (inputs read in place from a CUDA shared-memory region, and
+# outputs a GPU backend leaves on its device for one)
+Tensor = Union[np.ndarray, cuda.DeviceArray]
 # tensor parameters of extensions naiad does not serve yet
 _UNSUPPORTED_TENSOR_PARAMETERS = {
-    "shared_memory_region": "shared-memory tensors are not supported yet; send the data in the request",
     "classification": "the classification extension is not supported yet",
 }
+SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSlice:
+    """Bytes of a registered shared-memory region, as a request names them."""
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SharedInput:
+    """An input whose data lies in a shared-memory region; the data plane reads it in place."""
+    datatype: datatypes.DataType
+    shape: tuple[int, ...]
+    where: RegionSlice
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None = None          # HTTP: as binary data (None: the request's default)
+    where: RegionSlice | None = None    # written into shared memory, and not sent back
+
+
+class OutputPlace(Protocol):
+    """Where an output goes: resolved from a RequestedOutput's RegionSlice by the data plane."""
+    device_id: int | None   # the GPU whose memory it is, or None for host memory
+
+    def write(self, name: str, tensor: Tensor) -> "Placed": ...
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """An output written into shared memory: the response describes it and carries no data."""
+    datatype: datatypes.DataType
+    shape: tuple[int, ...]
+    where: RegionSlice          # byte_size: the bytes written
 
 
 @dataclass(slots=True)
 class InferRequest:
     model_name: str
     model_version: str                  # as asked; "" lets the version policy choose
-    inputs: dict[str, np.ndarray]
-    requested_outputs: list[str] | None = None   # None: every output of the model
+    inputs: dict[str, Any]              # Tensor; SharedInput until the data plane resolves it
+    requested_outputs: list[RequestedOutput] | None = None   # None: every output of the model
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     priority: int = 0                   # 0: the model's default; 1 is the highest
     timeout_us: int = 0                 # 0: the model's queue policy decides
     batch_size: int = 1                 # set by validation: the first dimension when the model batches
+    output_places: dict[str, OutputPlace] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str] | None:
+        wanted = self.requested_outputs
+        return None if wanted is None else [output.name for output in wanted]
 
 
 @dataclass(slots=True)
 class InferResponse:
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)     # Tensor, or Placed
     error: NaiadError | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def place_outputs(request: InferRequest, response: InferResponse) -> None:
+    """Write the outputs that the request placed in shared memory there; the response then describes
+    them. A write that fails fails the response."""
+    if response.error is not None:
+        return
+    try:
+        for name, place in request.output_places.items():
+            tensor = response.outputs.get(name)
+            if tensor is not None and not isinstance(tensor, Placed):
+                response.outputs[name] = place.write(name, tensor)
+    except NaiadError as e:
+        response.outputs, response.error = {}, e
 
 
 def check_tensor_parameters(kind: str, name: str, parameters) -> None:
@@ -40,6 +103,21 @@ def check_tensor_parameters(kind: str, name: str, parameters) -> None:
     for key, why in _UNSUPPORTED_TENSOR_PARAMETERS.items():
         if key in parameters:
             raise Unimplemented(f"{kind} '{name}': {why}")
+
+
+def region_slice(kind: str, name: str, parameters: dict) -> RegionSlice | None:
+    """The shared-memory place a tensor's parameters name, or None when they name none."""
+    region = parameters.get(SHM_REGION)
+    if region is None:
+        return None
+    size, offset = parameters.get(SHM_BYTE_SIZE), parameters.get(SHM_OFFSET, 0)
+    if not isinstance(region, str) or not region:
+        raise InvalidArgument(f"{kind} '{name}': {SHM_REGION} must be a region's name")
+    for key, value in ((SHM_BYTE_SIZE, size), (SHM_OFFSET, offset)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"{kind} '{name}': {key} must be an integer >= 0, got {value!r}"
+                                  + (" (it is required with shared_memory_region)" if value is None else ""))
+    return RegionSlice(region, offset, size)
 
 
 def scheduling_parameters(parameters: dict) -> tuple[int, int]:

@@ -110,7 +110,7 @@ class ServedModel:
             if missing:
                 raise InvalidArgument(f"missing input {missing[0].describe()} for model '{self.name}'")
         request.batch_size = batch or 1
-        wanted = request.requested_outputs
+        wanted = request.output_names
         if wanted is not None:
             for name in wanted:
                 if name not in self.output_names:

@@ -8,7 +8,9 @@ import signal
 
 from naiad.batching.processes import remove_stale_segments
 from naiad.daemon import grpc_frontend, http_frontend, metrics
+from naiad.daemon.dataplane import DataPlane
 from naiad.daemon.registry import Registry
+from naiad.daemon.shared_memory import SharedMemory
 from naiad.daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,8 @@ async def serve(settings: Settings) -> None:
     remove_stale_segments()
     registry = Registry(settings.model_repository, settings.model_control_mode, settings.load_model,
                         settings.repository_poll_secs)
+    shared_memory = SharedMemory(settings.allow_client_shm)
+    plane = DataPlane(registry, shared_memory)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -28,10 +32,10 @@ async def serve(settings: Settings) -> None:
     grpc_server = None
     runners = []  # the aiohttp servers: HTTP and metrics
     if settings.allow_grpc:
-        grpc_server = await grpc_frontend.start(registry, settings.grpc_address, settings.grpc_port,
+        grpc_server = await grpc_frontend.start(plane, settings.grpc_address, settings.grpc_port,
                                                 settings.max_request_bytes)
     if settings.allow_http:
-        runners.append(await http_frontend.start(registry, settings.http_address, settings.http_port,
+        runners.append(await http_frontend.start(plane, settings.http_address, settings.http_port,
                                                  settings.max_request_bytes))
     if settings.allow_metrics:
         runners.append(await metrics.start(registry, settings.metrics_address, settings.metrics_port))
@@ -51,4 +55,5 @@ async def serve(settings: Settings) -> None:
             await runner.shutdown()
             await runner.cleanup()
         await asyncio.wait_for(registry.close(), settings.exit_timeout_secs)
+        shared_memory.close()
     log.info("stopped")

@@ -22,4 +22,5 @@ class Settings:
     allow_metrics: bool = True
     max_request_bytes: int = 1 << 30          # one request's largest body or message
     exit_timeout_secs: float = 30.0           # how long in-flight requests may take at shutdown
+    allow_client_shm: bool = False            # clients may register system and CUDA shared memory
     log_verbose: int = 0

@@ -110,9 +110,9 @@ def start_server(tmp_path):
         assert server.killed or status == 0, f"naiad exited with {status} at shutdown:\n{server.log()}"
 
 
-def session_server(repository: Path, tmp_path_factory, name: str):
+def session_server(repository: Path, tmp_path_factory, name: str, *args: str):
     """A server for a whole session (a fixture's body): started, yielded, stopped and checked."""
-    server = NaiadServer(repository, tmp_path_factory.mktemp(name) / "naiad.log").wait_ready()
+    server = NaiadServer(repository, tmp_path_factory.mktemp(name) / "naiad.log", *args).wait_ready()
     yield server
     assert server.stop() == 0, server.log()
 

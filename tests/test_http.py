@@ -153,7 +153,7 @@ def test_errors_are_json(shipped_server):
     status, _, raw = post(shipped_server, "/v2/health/live", b"")
     assert status == 405 and "error" in json.loads(raw)
     status, _, raw = post(shipped_server, "/v2/systemsharedmemory/region/r/register", b"{}")
-    assert status == 501 and "not supported yet" in json.loads(raw)["error"]
+    assert status == 501 and "--allow-client-shm" in json.loads(raw)["error"]
 
 
 def test_load_unload_refused_outside_explicit_mode(client):
