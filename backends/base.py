@@ -16,7 +16,8 @@ import numpy as np
 
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError, Internal, NaiadError
-from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.cuda import DeviceArray
+from naiad.daemon.inference import InferRequest, InferResponse, Tensor
 from naiad.daemon.model_config import ModelConfig, shape_matches
 
 
@@ -97,8 +98,8 @@ class OutputChecker:
             kept[name] = self._check(name, request.batch_size, array)
         return InferResponse(kept)
 
-    def _check(self, name: str, batch_size: int, array: Any) -> np.ndarray:
-        if not isinstance(array, np.ndarray):
+    def _check(self, name: str, batch_size: int, array: Any) -> Tensor:
+        if not isinstance(array, (np.ndarray, DeviceArray)):
             raise Internal(f"output '{name}': the model returned {type(array).__name__}, "
                            f"expected a numpy array")
         expected = self.outputs[name].data_type
@@ -124,8 +125,9 @@ class OutputChecker:
 class TensorInstance(ModelInstance):
     """An instance of a framework model. A batch's requests are joined along the first dimension and
     run at once; each request then gets its own slice of every output (a view, not a copy).
-    Subclasses implement `to_framework` (the joined inputs, as the framework takes them) and `run`
-    (returning every output as a numpy array)."""
+    Subclasses implement `to_framework` (the joined inputs, as the framework takes them; a lone
+    request's inputs may still be in device memory) and `run` (returning every output as a numpy
+    array)."""
 
     def __init__(self, config: ModelConfig):
         self.checker = OutputChecker(config)
@@ -137,7 +139,7 @@ class TensorInstance(ModelInstance):
         if len(requests) == 1:
             return self.to_framework(requests[0].inputs)
         names = requests[0].inputs  # the batcher joins only requests with the same inputs and shapes
-        return self.to_framework({name: np.concatenate([r.inputs[name] for r in requests])
+        return self.to_framework({name: np.concatenate([to_host(r.inputs[name]) for r in requests])
                                   for name in names})
 
     def finish(self, requests: list[InferRequest], outputs: dict[str, np.ndarray]) -> list[InferResponse]:
@@ -151,6 +153,11 @@ class TensorInstance(ModelInstance):
                 responses.append(InferResponse(error=e))
             start = end
         return responses
+
+
+def to_host(tensor: Tensor) -> np.ndarray:
+    """A tensor in host memory (copied down if it is in device memory)."""
+    return tensor.to_host() if isinstance(tensor, DeviceArray) else tensor
 
 
 def model_file(files: ModelFiles, defaults: tuple[str, ...]) -> Path:

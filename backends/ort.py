@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstance, import_framework,
-                                 model_file)
+                                 model_file, to_host)
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError
@@ -91,8 +91,8 @@ class OnnxRuntimeInstance(TensorInstance):
         self.session = _session(model_file(files, FILES), options, providers)
         self.outputs = [o.name for o in files.config.output]
 
-    def to_framework(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return inputs
+    def to_framework(self, inputs: dict) -> dict[str, np.ndarray]:
+        return {name: to_host(tensor) for name, tensor in inputs.items()}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.outputs, self.session.run(self.outputs, inputs)))

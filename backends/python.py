@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from naiad.backends import python_api as pb
-from naiad.backends.base import Backend, InstanceSpec, ModelFiles, ModelInstance, OutputChecker
+from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, ModelInstance, OutputChecker,
+                                 to_host)
 from naiad.daemon import errors
 from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.model_config import to_dict
@@ -82,7 +83,8 @@ class PythonInstance(ModelInstance):
         self.loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(model.execute) else None
 
     def prepare(self, requests: list[InferRequest]) -> list[pb.InferenceRequest]:
-        return [pb.InferenceRequest(r.inputs, r.output_names or self.all_outputs, r.id, r.parameters)
+        return [pb.InferenceRequest({name: to_host(t) for name, t in r.inputs.items()},
+                                    r.output_names or self.all_outputs, r.id, r.parameters)
                 for r in requests]
 
     def run(self, prepared: list[pb.InferenceRequest]):

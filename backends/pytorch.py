@@ -1,32 +1,43 @@
 """The PyTorch backend (`backend: pytorch`): TorchScript (`<version>/model.pt`) and, beyond Triton,
-torch.export programs (`<version>/model.pt2`). Runs under torch.inference_mode on the instance's device
-(`cuda:N` for KIND_GPU): inputs move there once per batch and outputs back once.
+torch.export programs (`<version>/model.pt2`), on the instance's device (`cuda:N` for KIND_GPU).
 
 Inputs are passed to forward() in the order of its arguments when the configured names are its argument
 names, by index when they follow Triton's `NAME__<index>` convention, and else in configuration order.
 Outputs (a tensor, a tuple or list of tensors, or a dict) map to the configured outputs the same way.
 `parameters: {torch_compile: "true"}` runs an exported program through torch.compile (the first batch
-of each shape pays the compilation)."""
+of each shape pays the compilation).
+
+Triton's PyTorch-backend parameters that matter for speed are read too: `INFERENCE_MODE` (default
+true; false runs under no_grad), `DISABLE_OPTIMIZED_EXECUTION` (TorchScript), `ENABLE_JIT_PROFILING`
+(default false here, so that a new batch size never re-specialises the graph), `DISABLE_CUDNN`, and
+beyond Triton `ENABLE_CUDNN_BENCHMARK` (cuDNN picks the fastest kernels per input shape)."""
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
+import warnings
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
 from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstance, import_framework,
-                                 model_file)
+                                 model_file, to_host)
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import datatypes
-from naiad.daemon.errors import ConfigError, Internal
+from naiad.daemon.cuda import DeviceArray
+from naiad.daemon.errors import ConfigError, Internal, NaiadError
+from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.model_config import ModelConfig
 
 FILES = ("model.pt", "model.pt2")
 _INDEXED = re.compile(r"^.*__(\d+)$")
 # torch.export.load keeps global state while it reads: models that load at once take turns
 _LOADING = threading.Lock()
+# Request tensors are read-only views of the request's bytes, which models only read: torch may use
+# them as they are, without the copy it would otherwise ask for.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
 def _torch():
@@ -118,42 +129,111 @@ def _order(configured: list[str], named: list[str]) -> list[str]:
     return list(configured)
 
 
+def _flag(parameters: dict, key: str, default: bool) -> bool:
+    value = parameters.get(key)
+    if value is None:
+        return default
+    if value.lower() not in ("true", "false"):
+        raise ConfigError([f"parameters.{key}: expected \"true\" or \"false\", got '{value}'"])
+    return value.lower() == "true"
+
+
+def _set_process_options(torch, parameters: dict) -> None:
+    """Options that PyTorch keeps for the whole process, so the last model loaded sets them."""
+    if _flag(parameters, "ENABLE_CUDNN_BENCHMARK", False):
+        torch.backends.cudnn.benchmark = True   # autotunes each new input shape once
+    if _flag(parameters, "DISABLE_CUDNN", False):
+        torch.backends.cudnn.enabled = False
+    # TorchScript's profiling executor re-specialises the graph for each new shape it sees, so a batch
+    # size not seen before takes a slow path: off unless a model asks for it
+    profiling = _flag(parameters, "ENABLE_JIT_PROFILING", False)
+    torch._C._jit_set_profiling_executor(profiling)
+    torch._C._jit_set_profiling_mode(profiling)
+
+
 class PyTorchInstance(TensorInstance):
+    """On a GPU, each instance has its own CUDA stream. Inputs that are already in device memory (CUDA
+    shared memory) are used in place; host inputs are gathered into one pinned staging buffer per input
+    and go up in one copy. Outputs stay on the device for requests that place them in CUDA shared
+    memory, and otherwise come down once per batch into pinned memory."""
+
     def __init__(self, files: ModelFiles, spec: InstanceSpec):
         super().__init__(files.config)
         torch = _torch()
         self.torch = torch
         self.device = torch.device(f"cuda:{spec.device_id}" if spec.kind == "KIND_GPU" else "cpu")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
+        self.gpu = spec.device_id if self.device.type == "cuda" else None
+        if self.gpu is not None and not torch.cuda.is_available():
             raise ConfigError(["a KIND_GPU instance needs a PyTorch built with CUDA and a GPU it can use"])
+        parameters = files.config.parameters
+        self.inference_mode = _flag(parameters, "INFERENCE_MODE", True)
+        self.optimized_execution = not _flag(parameters, "DISABLE_OPTIMIZED_EXECUTION", False)
+        _set_process_options(torch, parameters)
         path = model_file(files, FILES)
         self.module = load(path, str(self.device))
-        if files.config.parameters.get("torch_compile", "false").lower() == "true":
-            if path.suffix != ".pt2":
+        self.scripted = path.suffix != ".pt2"
+        if _flag(parameters, "torch_compile", False):
+            if self.scripted:
                 raise ConfigError([f"parameters.torch_compile: torch.compile takes a torch.export program "
                                    f"(model.pt2), not TorchScript ({path.name}); export the model, or "
                                    f"remove the parameter"])
             self.module = torch.compile(self.module)  # compiles at the first batch of each new shape
         self.inputs = _order([i.name for i in files.config.input], argument_names(self.module))
         self.outputs = _order([o.name for o in files.config.output], [])
+        self.stream = torch.cuda.Stream(self.device) if self.gpu is not None else None
+        self.staging: dict[str, object] = {}   # input name -> pinned host buffer (bytes), grown as needed
 
-    def to_framework(self, inputs: dict[str, np.ndarray]) -> list:
-        torch = self.torch
+    # --- inputs -----------------------------------------------------------------------------------
+
+    def prepare(self, requests: list[InferRequest]) -> list:
         tensors = []
         for name in self.inputs:
-            array = inputs.get(name)
-            if array is None:
-                tensors.append(None)  # an optional input left out
-                continue
-            if array.dtype == datatypes.BF16.numpy:
-                tensor = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-            else:  # inputs are read-only views of the request: torch needs its own memory
-                tensor = torch.from_numpy(array.copy() if not array.flags.writeable else array)
-            tensors.append(tensor.to(self.device, non_blocking=True))
+            parts = [r.inputs.get(name) for r in requests]
+            # an optional input left out (the batcher joins only requests with the same inputs)
+            tensors.append(None if parts[0] is None else self._gather(name, parts))
         return tensors
 
-    def run(self, tensors: list) -> dict[str, np.ndarray]:
-        with self.torch.inference_mode():
+    def _gather(self, name: str, parts: list):
+        torch = self.torch
+        if self.gpu is None:
+            arrays = [to_host(p) for p in parts]
+            return _from_numpy(torch, arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+        if all(isinstance(p, DeviceArray) and p.device_id == self.gpu for p in parts):
+            views = [_from_device(torch, p, self.device) for p in parts]
+            return views[0] if len(views) == 1 else torch.cat(views)
+        shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape
+        dtype = parts[0].dtype
+        staged = self._staging_buffer(name, shape, dtype)
+        at = 0
+        for part in parts:
+            rows = part.shape[0] if len(parts) > 1 else None
+            target = staged[at:at + rows] if rows is not None else staged
+            target[...] = to_host(part)
+            at += rows or 0
+        pinned = _from_numpy(torch, staged)
+        with torch.cuda.stream(self.stream):
+            return pinned.to(self.device, non_blocking=True)
+
+    def _staging_buffer(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A pinned host array of this shape and type, reusing the input's buffer when it is big
+        enough. Reuse is safe: the previous batch's upload finished before its outputs came down."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        buffer = self.staging.get(name)
+        if buffer is None or buffer.numel() < nbytes:
+            buffer = self.torch.empty(max(nbytes, 1 << 16), dtype=self.torch.uint8, pin_memory=True)
+            self.staging[name] = buffer
+        return buffer[:nbytes].numpy().view(dtype).reshape(shape)
+
+    # --- the model --------------------------------------------------------------------------------
+
+    def run(self, tensors: list) -> dict:
+        torch = self.torch
+        with contextlib.ExitStack() as context:
+            context.enter_context(torch.inference_mode() if self.inference_mode else torch.no_grad())
+            if self.scripted:
+                context.enter_context(torch.jit.optimized_execution(self.optimized_execution))
+            if self.stream is not None:
+                context.enter_context(torch.cuda.stream(self.stream))
             result = self.module(*tensors)
         if isinstance(result, dict):
             values = [result.get(name) for name in self.outputs]
@@ -164,10 +244,71 @@ class PyTorchInstance(TensorInstance):
         if len(values) != len(self.outputs) or any(v is None for v in values):
             raise Internal(f"the model returned {len(values)} outputs where the configuration lists "
                            f"{len(self.outputs)} ({', '.join(self.outputs)})")
-        return {name: self._numpy(value) for name, value in zip(self.outputs, values)}
+        return dict(zip(self.outputs, values))
 
-    def _numpy(self, tensor) -> np.ndarray:
-        tensor = tensor.detach().to("cpu")
-        if tensor.dtype == self.torch.bfloat16:
-            return tensor.view(self.torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return tensor.numpy()
+    # --- outputs ----------------------------------------------------------------------------------
+
+    def finish(self, requests: list[InferRequest], outputs: dict) -> list[InferResponse]:
+        on_device = {name for r in requests for name, place in r.output_places.items()
+                     if place.device_id == self.gpu}
+        batch = {}
+        with contextlib.ExitStack() as context:
+            if self.stream is not None:
+                context.enter_context(self.torch.cuda.stream(self.stream))
+            for name, tensor in outputs.items():
+                tensor = tensor.detach()
+                if self.gpu is not None and name in on_device:
+                    batch[name] = tensor.contiguous()
+                else:
+                    batch[name] = self._download(tensor)
+        if self.stream is not None:
+            self.stream.synchronize()
+        host = {name: _to_numpy(self.torch, t) for name, t in batch.items() if t.device.type == "cpu"}
+        device = {name: t for name, t in batch.items() if t.device.type != "cpu"}
+        responses, start = [], 0
+        for request in requests:
+            end = start + request.batch_size
+            whole = len(requests) == 1
+            own = {name: array if whole else array[start:end] for name, array in host.items()}
+            for name, tensor in device.items():
+                own[name] = DeviceArray.of(tensor if whole else tensor[start:end], self.gpu,
+                                           _numpy_dtype(tensor.dtype))
+            responses.append(self._response(request, own))
+            start = end
+        return responses
+
+    def _download(self, tensor):
+        if tensor.device.type == "cpu":
+            return tensor
+        host = self.torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return host.copy_(tensor, non_blocking=True)
+
+    def _response(self, request: InferRequest, outputs: dict) -> InferResponse:
+        try:
+            return self.checker.response(request, outputs)
+        except NaiadError as e:
+            return InferResponse(error=e)
+
+
+def _from_numpy(torch, array: np.ndarray):
+    if array.dtype == datatypes.BF16.numpy:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _from_device(torch, array: DeviceArray, device):
+    tensor = torch.as_tensor(array, device=device)
+    return tensor.view(torch.bfloat16) if array.dtype == datatypes.BF16.numpy else tensor
+
+
+def _to_numpy(torch, tensor) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _numpy_dtype(dtype) -> np.dtype:
+    found = _datatype(dtype)
+    if found is None:
+        raise Internal(f"the model returned a tensor of {dtype}, which has no protocol data type")
+    return found.numpy

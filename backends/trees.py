@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstance, import_framework,
-                                 model_file)
+                                 model_file, to_host)
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError
@@ -132,12 +132,12 @@ class XGBoostInstance(TensorInstance):
         else:
             self.booster.set_param({"device": "cpu"})
 
-    def to_framework(self, inputs: dict[str, np.ndarray]):
+    def to_framework(self, inputs: dict):
         features = inputs[self.input]
-        if self.cupy is not None:
+        if self.cupy is not None:  # device memory (a CUDA shared-memory input) is read in place
             with self.cupy.cuda.Device(self.gpu):
                 return self.cupy.asarray(features)
-        return features
+        return to_host(features)
 
     def run(self, features) -> dict[str, np.ndarray]:
         predicted = self.booster.inplace_predict(features, predict_type="margin" if self.prediction.margin

@@ -26,7 +26,7 @@ from itertools import count
 
 import numpy as np
 
-from naiad.backends.base import InstanceSpec, ModelFiles, failed
+from naiad.backends.base import InstanceSpec, ModelFiles, failed, to_host
 from naiad.batching.instances import Done, Pending, Timings
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError, Internal
@@ -252,7 +252,7 @@ class ProcessWorker:
 
     def run(self, batch: list[Pending]) -> None:
         self.batch = batch
-        named = [(n, a) for p in batch for n, a in p.request.inputs.items()]
+        named = [(n, to_host(a)) for p in batch for n, a in p.request.inputs.items()]
         raws = [tensor_bytes(a) for _, a in named]
         needed = layout_size(raws)
         if needed > self.inputs.size:

@@ -20,7 +20,7 @@ _lock = threading.Lock()
 
 
 class _IpcHandle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_char * IPC_HANDLE_BYTES)]
+    _fields_ = [("reserved", ctypes.c_ubyte * IPC_HANDLE_BYTES)]
 
 
 @functools.cache
@@ -81,8 +81,7 @@ def open_ipc_handle(raw_handle: bytes, device_id: int) -> int:
                               f"{len(raw_handle)}")
     lib = _enter(device_id)
     pointer = ctypes.c_uint64()
-    handle = _IpcHandle()
-    handle.reserved = raw_handle
+    handle = _IpcHandle.from_buffer_copy(raw_handle)  # every byte: the handle holds zeros
     _check(lib, lib.cuIpcOpenMemHandle_v2(ctypes.byref(pointer), handle, _LAZY_ENABLE_PEER_ACCESS),
            f"cannot open the CUDA IPC handle on GPU {device_id}")
     return pointer.value

@@ -1,14 +1,13 @@
 """What the gRPC and HTTP frontends share: inference with tensors in client shared memory, model
-metadata, the repository API's load parameters, and how a response describes a placed output. The
-frontends only translate their wire to these calls and back."""
+metadata and the repository API's load parameters. The frontends only translate their wire to these
+calls and back."""
 from __future__ import annotations
 
 import asyncio
 
 from naiad.daemon import EXTENSIONS, SERVER_NAME, VERSION, cuda
 from naiad.daemon.errors import InvalidArgument
-from naiad.daemon.inference import (SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, InferRequest, InferResponse,
-                                    Placed, SharedInput)
+from naiad.daemon.inference import InferRequest, InferResponse, SharedInput
 from naiad.daemon.registry import Registry
 from naiad.daemon.served_model import ServedModel
 from naiad.daemon.shared_memory import SharedMemory
@@ -68,10 +67,3 @@ def _uses_shared_memory(request: InferRequest) -> bool:
     return (any(isinstance(value, SharedInput) for value in request.inputs.values())
             or any(output.where is not None for output in request.requested_outputs or ()))
 
-
-def placed_parameters(placed: Placed) -> dict:
-    """The parameters that describe an output written into shared memory."""
-    found = {SHM_REGION: placed.where.region, SHM_BYTE_SIZE: placed.where.byte_size}
-    if placed.where.offset:
-        found[SHM_OFFSET] = placed.where.offset
-    return found

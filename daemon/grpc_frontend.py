@@ -11,9 +11,9 @@ import numpy as np
 from google.protobuf import json_format
 
 from naiad.daemon import datatypes
-from naiad.daemon.dataplane import DataPlane, placed_parameters
+from naiad.daemon.dataplane import DataPlane
 from naiad.daemon.errors import InvalidArgument, NaiadError
-from naiad.daemon.inference import (InferRequest, InferResponse, Placed, RequestedOutput, SharedInput,
+from naiad.daemon.inference import (SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, InferRequest, InferResponse, Placed, RequestedOutput, SharedInput,
                                     check_tensor_parameters, region_slice, scheduling_parameters)
 from naiad.daemon.model_config import to_dict
 from naiad.daemon.registry import Registry
@@ -126,24 +126,30 @@ def _set_parameter(target: pb.InferParameter, value) -> None:
         target.string_param = str(value)
 
 
+def _placed_parameters(placed: Placed) -> dict:
+    found = {SHM_REGION: placed.where.region, SHM_BYTE_SIZE: placed.where.byte_size}
+    if placed.where.offset:
+        found[SHM_OFFSET] = placed.where.offset
+    return found
+
+
 def encode_response(request: InferRequest, model_version: str, response: InferResponse
                     ) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(model_name=request.model_name, model_version=model_version,
                                     id=request.id)
     outputs = message.outputs
     raw = message.raw_output_contents
-    placed = []
     for name, array in response.outputs.items():
         if isinstance(array, Placed):
-            placed.append((name, array))
+            # clients read raw_output_contents[i] as outputs[i]: an output placed in shared memory
+            # keeps its (empty) entry
+            output = outputs.add(name=name, datatype=array.datatype.name, shape=array.shape)
+            for key, value in _placed_parameters(array).items():
+                _set_parameter(output.parameters[key], value)
+            raw.append(b"")
             continue
         outputs.add(name=name, datatype=datatypes.of_array(array).name, shape=array.shape)
         raw.append(datatypes.to_raw(array))
-    # after the others: raw_output_contents[i] belongs to outputs[i]
-    for name, found in placed:
-        output = outputs.add(name=name, datatype=found.datatype.name, shape=found.shape)
-        for key, value in placed_parameters(found).items():
-            _set_parameter(output.parameters[key], value)
     for key, value in response.parameters.items():
         _set_parameter(message.parameters[key], value)
     return message

@@ -12,7 +12,7 @@ import numpy as np
 from aiohttp import web
 
 from naiad.daemon import datatypes
-from naiad.daemon.dataplane import DataPlane, placed_parameters
+from naiad.daemon.dataplane import DataPlane
 from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
 from naiad.daemon.inference import (InferRequest, InferResponse, Placed, RequestedOutput, SharedInput,
                                     check_tensor_parameters, region_slice, scheduling_parameters)
@@ -211,8 +211,8 @@ def encode_response(request: InferRequest, model_version: str, response: InferRe
     outputs, chunks = [], []
     for name, array in response.outputs.items():
         if isinstance(array, Placed):
-            outputs.append({"name": name, "datatype": array.datatype.name, "shape": list(array.shape),
-                            "parameters": placed_parameters(array)})
+            # no data and no parameters: clients take an output's parameters as binary data's
+            outputs.append({"name": name, "datatype": array.datatype.name, "shape": list(array.shape)})
             continue
         entry = {"name": name, "datatype": datatypes.of_array(array).name, "shape": list(array.shape)}
         if binary_outputs.get(name, binary_default):

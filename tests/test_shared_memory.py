@@ -3,6 +3,7 @@ into the client's region, mixed with ordinary tensors, with dynamic batching; an
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import uuid
 
@@ -17,7 +18,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from tests import models
-from tests.conftest import SHIPPED_REPOSITORY, copy_model, session_server
+from tests.conftest import SHIPPED_REPOSITORY, copy_model, perf_analyzer, session_server
 
 A = np.arange(16, dtype=np.int32).reshape(1, 16)
 B = np.full((1, 16), 3, dtype=np.int32)
@@ -94,13 +95,11 @@ def test_inputs_and_outputs_in_shared_memory(shm_server, region, protocol, grpc_
     np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=2 * NBYTES), A + B)
     np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=3 * NBYTES), A - B)
     output = result.get_output("OUTPUT0")
-    parameters = output.parameters if protocol == "grpc" else output["parameters"]
-    region_param = parameters["shared_memory_region"]
-    assert (region_param.string_param if protocol == "grpc" else region_param) == name
-    if protocol == "http":
-        assert "data" not in output and "binary_data_size" not in parameters  # no data came back
+    if protocol == "grpc":
+        assert output.parameters["shared_memory_region"].string_param == name
+        assert result.get_response().raw_output_contents == [b"", b""]  # no data came back
     else:
-        assert not result.get_response().raw_output_contents
+        assert output == {"name": "OUTPUT0", "datatype": "INT32", "shape": [1, 16]}
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -309,3 +308,15 @@ def test_unregister_while_a_request_uses_the_region(shm_server, grpc_client, reg
     inputs[0].set_data_from_numpy(A)
     inputs[1].set_data_from_numpy(B)
     np.testing.assert_array_equal(grpc_client.infer("simple", inputs).as_numpy("OUTPUT0"), A + B)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_with_system_shared_memory(shm_server, protocol):
+    url = shm_server.grpc_url if protocol == "grpc" else shm_server.http_url
+    result = subprocess.run(
+        [perf_analyzer(), "-m", "simple", "-i", protocol, "-u", url, "--shared-memory", "system",
+         "--output-shared-memory-size", "64", "--concurrency-range", "2", "--measurement-interval", "500",
+         "--stability-percentage", "100", "--max-trials", "10"],
+        capture_output=True, text=True, timeout=180)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Throughput:" in output and "error" not in output.lower(), output
