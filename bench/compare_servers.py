@@ -6,8 +6,8 @@ throughput and p50/p99 latency.
 
     python bench/compare_servers.py [--concurrency 1 4 16] [--window-ms 3000] [--peers DIR]
 
-Needs perf_analyzer (../shared/tools/install-perf-analyzer.sh), and the peers set up once with
-`NAIAD_PEERS=DIR ../shared/peers/peers.sh setup` (DIR defaults to ~/.cache/naiad-peers).
+Needs perf_analyzer (`bash tools/install-perf-analyzer.sh VENV`), and the peers set up once with
+`NAIAD_PEERS=DIR bench/peers/peers.sh setup` (DIR defaults to ~/.cache/naiad-peers).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SHARED = ROOT.parent / "shared"
 
 
 def free_port() -> int:
@@ -125,7 +124,7 @@ def main() -> int:
     servers = Servers(work)
     ports = {name: (free_port(), free_port(), free_port())
              for name in ("naiad", "triton", "mlserver", "mlserver_default", "ceiling")}
-    peers_sh = str(SHARED / "peers" / "peers.sh")
+    peers_sh = str(ROOT / "bench" / "peers" / "peers.sh")
     peers_env = {"NAIAD_PEERS": str(args.peers)}
     # (label, model, server name)
     targets = [("naiad, `simple` (inline)", "simple", "naiad"),
@@ -151,7 +150,7 @@ def main() -> int:
         if "mlserver_default" in wanted:
             servers.start("mlserver_default", ["bash", peers_sh, "mlserver",
                                                *map(str, ports["mlserver_default"]), "1"], peers_env)
-        servers.start("ceiling", [sys.executable, str(SHARED / "tools" / "grpc_ceiling.py"),
+        servers.start("ceiling", [sys.executable, str(ROOT / "bench" / "grpc_ceiling.py"),
                                   str(ports["ceiling"][1])])
         for name in wanted:
             if name == "ceiling":

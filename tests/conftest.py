@@ -152,6 +152,6 @@ def perf_analyzer() -> str:
     """perf_analyzer from PATH or beside this Python; a clear failure when it is not installed."""
     found = shutil.which("perf_analyzer") or shutil.which("perf_analyzer", path=os.path.dirname(sys.executable))
     if found is None:
-        pytest.fail("perf_analyzer is not installed: run ../shared/tools/install-perf-analyzer.sh "
+        pytest.fail("perf_analyzer is not installed: run `bash tools/install-perf-analyzer.sh VENV` "
                     "on this virtualenv (the README's test command does)")
     return found
