@@ -27,8 +27,13 @@ class DataPlane:
         # The regions stay in use until the model is done with the request, even if the client goes
         # away first: a region unregistered meanwhile is unmapped only then.
         running = asyncio.ensure_future(served.infer(request))
-        running.add_done_callback(lambda task: (task.cancelled() or task.exception(),
-                                                self.shared_memory.detach(used)))
+
+        def release(task: asyncio.Future) -> None:
+            if not task.cancelled():
+                task.exception()  # taken here too: the client that awaited it may be gone
+            self.shared_memory.detach(used)
+
+        running.add_done_callback(release)
         return served, await asyncio.shield(running)
 
     def server_metadata(self) -> dict:

@@ -13,8 +13,9 @@ from google.protobuf import json_format
 from naiad.daemon import datatypes
 from naiad.daemon.dataplane import DataPlane
 from naiad.daemon.errors import InvalidArgument, NaiadError
-from naiad.daemon.inference import (SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, InferRequest, InferResponse, Placed, RequestedOutput, SharedInput,
-                                    check_tensor_parameters, region_slice, scheduling_parameters)
+from naiad.daemon.inference import (SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, InferRequest, InferResponse,
+                                    Placed, RequestedOutput, SharedInput, check_tensor_parameters,
+                                    region_slice, scheduling_parameters)
 from naiad.daemon.model_config import to_dict
 from naiad.daemon.registry import Registry
 from naiad.daemon.shared_memory import CudaRegion, SystemRegion

@@ -17,7 +17,9 @@ Tensor = Union[np.ndarray, cuda.DeviceArray]
 _UNSUPPORTED_TENSOR_PARAMETERS = {
     "classification": "the classification extension is not supported yet",
 }
-SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_BYTE_SIZE = "shared_memory_byte_size"
 
 
 @dataclass(frozen=True, slots=True)

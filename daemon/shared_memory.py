@@ -271,11 +271,13 @@ def _read(region: Region, name: str, shared: SharedInput) -> Tensor:
     count = datatypes.element_count(shape)
     if datatype is not datatypes.BYTES and where.byte_size != count * datatype.itemsize:
         raise InvalidArgument(f"input '{name}': shape {list(shape)} of {datatype} needs "
-                              f"{count * datatype.itemsize} bytes, shared_memory_byte_size is {where.byte_size}")
+                              f"{count * datatype.itemsize} bytes, shared_memory_byte_size is "
+                              f"{where.byte_size}")
     if isinstance(region, CudaRegion):
         if datatype is datatypes.BYTES:
             raise InvalidArgument(f"input '{name}': BYTES tensors cannot be read from CUDA shared memory")
-        return cuda.DeviceArray(region.pointer + where.offset, shape, datatype.numpy, region.device_id, region)
+        return cuda.DeviceArray(region.pointer + where.offset, shape, datatype.numpy, region.device_id,
+                                region)
     array = datatypes.from_raw(name, datatype, list(shape), region.bytes(where))
     if array.dtype != object:
         array.flags.writeable = False

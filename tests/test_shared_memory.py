@@ -64,7 +64,8 @@ def http_client(shm_server):
         client.unregister_system_shared_memory()
 
 
-def simple_request(module, region_name: str, in_region=("INPUT0", "INPUT1"), out_region=("OUTPUT0", "OUTPUT1")):
+def simple_request(module, region_name: str, in_region=("INPUT0", "INPUT1"),
+                   out_region=("OUTPUT0", "OUTPUT1")):
     """simple's inputs and outputs, those named in shared memory: INPUT0 (A) at 0, INPUT1 (B) at 64,
     OUTPUT0 at 128, OUTPUT1 at 192."""
     inputs = []
@@ -84,6 +85,11 @@ def simple_request(module, region_name: str, in_region=("INPUT0", "INPUT1"), out
     return inputs, outputs
 
 
+def region_contents(handle, slot: int) -> np.ndarray:
+    """The [1, 16] INT32 tensor in the region's slot (0 to 3, 64 bytes each)."""
+    return shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=slot * NBYTES)
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_inputs_and_outputs_in_shared_memory(shm_server, region, protocol, grpc_client, http_client):
     client, module = (grpc_client, grpcclient) if protocol == "grpc" else (http_client, httpclient)
@@ -92,8 +98,8 @@ def test_inputs_and_outputs_in_shared_memory(shm_server, region, protocol, grpc_
     client.register_system_shared_memory(name, key, 4096)
     inputs, outputs = simple_request(module, name)
     result = client.infer("simple", inputs, outputs=outputs)
-    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=2 * NBYTES), A + B)
-    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=3 * NBYTES), A - B)
+    np.testing.assert_array_equal(region_contents(handle, 2), A + B)
+    np.testing.assert_array_equal(region_contents(handle, 3), A - B)
     output = result.get_output("OUTPUT0")
     if protocol == "grpc":
         assert output.parameters["shared_memory_region"].string_param == name
@@ -111,7 +117,7 @@ def test_shared_memory_mixed_with_ordinary_tensors(shm_server, region, protocol,
     inputs, outputs = simple_request(module, name, in_region=("INPUT0",), out_region=("OUTPUT0",))
     result = client.infer("simple", inputs, outputs=outputs)
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), A - B)
-    np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=2 * NBYTES), A + B)
+    np.testing.assert_array_equal(region_contents(handle, 2), A + B)
 
 
 def test_asyncio_clients(shm_server, region):
@@ -126,8 +132,7 @@ def test_asyncio_clients(shm_server, region):
             inputs, outputs = simple_request(module, name)
             await client.infer("simple", inputs, outputs=outputs)
             await client.unregister_system_shared_memory(name)
-            np.testing.assert_array_equal(
-                shm.get_contents_as_numpy(handle, np.int32, [1, 16], offset=2 * NBYTES), A + B)
+            np.testing.assert_array_equal(region_contents(handle, 2), A + B)
             shm.set_shared_memory_region(handle, [np.zeros_like(A)], offset=2 * NBYTES)
         for client in clients:
             await client.close()
@@ -304,9 +309,7 @@ def test_unregister_while_a_request_uses_the_region(shm_server, grpc_client, reg
     thread.join(timeout=30)
     assert len(answers) == 1
     np.testing.assert_array_equal(shm.get_contents_as_numpy(handle, np.float32, [1, 1], offset=64), x)
-    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
-    inputs[0].set_data_from_numpy(A)
-    inputs[1].set_data_from_numpy(B)
+    inputs, _ = simple_request(grpcclient, name, in_region=(), out_region=())
     np.testing.assert_array_equal(grpc_client.infer("simple", inputs).as_numpy("OUTPUT0"), A + B)
 
 
