@@ -1,6 +1,10 @@
-"""What the gRPC and HTTP frontends share: inference with tensors in client shared memory, model
-metadata and the repository API's load parameters. The frontends only translate their wire to these
-calls and back."""
+"""The one interface the gRPC and HTTP frontends use: inference (with tensors in client shared memory),
+health, metadata, statistics, the repository API and the shared-memory registry. The frontends only
+translate their wire to these calls and back.
+
+`DataPlane` answers in the process that owns the models. A frontend in a process of its own holds a
+`RemoteDataPlane` (daemon/frontends.py) with the same methods, each a call over a channel to that
+process; so every method is a coroutine and takes and returns plain, picklable values."""
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +12,14 @@ import asyncio
 from naiad.daemon import EXTENSIONS, SERVER_NAME, VERSION, cuda
 from naiad.daemon.errors import InvalidArgument
 from naiad.daemon.inference import InferRequest, InferResponse, SharedInput
+from naiad.daemon.model_config import to_dict
 from naiad.daemon.registry import Registry
-from naiad.daemon.served_model import ServedModel
 from naiad.daemon.shared_memory import SharedMemory
+
+# the methods a frontend calls (RemoteDataPlane forwards exactly these)
+METHODS = ("infer", "ready", "model_ready", "server_metadata", "model_metadata", "model_config",
+           "statistics", "index", "load", "unload", "register_system", "register_cuda", "unregister",
+           "region_status", "check_shared_memory")
 
 
 class DataPlane:
@@ -18,11 +27,12 @@ class DataPlane:
         self.registry = registry
         self.shared_memory = shared_memory
 
-    async def infer(self, request: InferRequest) -> tuple[ServedModel, InferResponse]:
-        """Run a request on the model version it names; raises NaiadError on failure."""
+    async def infer(self, request: InferRequest) -> tuple[str, InferResponse]:
+        """Run a request on the model version it names: the version that ran it, and its response.
+        Raises NaiadError on failure."""
         served = self.registry.get(request.model_name, request.model_version)
         if not _uses_shared_memory(request):
-            return served, await served.infer(request)
+            return served.version_text, await served.infer(request)
         used = self.shared_memory.attach(request)
         # The regions stay in use until the model is done with the request, even if the client goes
         # away first: a region unregistered meanwhile is unmapped only then.
@@ -34,9 +44,17 @@ class DataPlane:
             self.shared_memory.detach(used)
 
         running.add_done_callback(release)
-        return served, await asyncio.shield(running)
+        return served.version_text, await asyncio.shield(running)
 
-    def server_metadata(self) -> dict:
+    # --- health and metadata ----------------------------------------------------------------------
+
+    async def ready(self) -> bool:
+        return self.registry.ready
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        return self.registry.is_ready(name, version)
+
+    async def server_metadata(self) -> dict:
         extensions = list(EXTENSIONS)
         if self.shared_memory.allowed:
             extensions.append("system_shared_memory")
@@ -44,10 +62,21 @@ class DataPlane:
                 extensions.append("cuda_shared_memory")
         return {"name": SERVER_NAME, "version": VERSION, "extensions": extensions}
 
-    def model_metadata(self, name: str, version: str) -> dict:
+    async def model_metadata(self, name: str, version: str) -> dict:
         metadata = self.registry.get(name, version).metadata()
         metadata["versions"] = self.registry.versions_of(name)
         return metadata
+
+    async def model_config(self, name: str, version: str) -> dict:
+        return to_dict(self.registry.get(name, version).config)
+
+    async def statistics(self, name: str, version: str) -> list[dict]:
+        return self.registry.statistics(name, version)
+
+    # --- the repository API -----------------------------------------------------------------------
+
+    async def index(self, ready_only: bool) -> list[dict]:
+        return self.registry.index(ready_only=ready_only)
 
     async def load(self, name: str, parameters: dict[str, str | bytes]) -> None:
         """The repository API's load, with its parameters: `config` (JSON text) and
@@ -67,8 +96,29 @@ class DataPlane:
                                       f"file:<version>/<name>")
         await self.registry.load(name, config, files or None)
 
+    async def unload(self, name: str) -> None:
+        await self.registry.unload(name)
+
+    # --- client shared memory ---------------------------------------------------------------------
+
+    async def check_shared_memory(self) -> None:
+        """Raises when client shared memory is turned off."""
+        self.shared_memory.check_allowed()
+
+    async def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shared_memory.register_system(name, key, offset, byte_size)
+
+    async def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        self.shared_memory.register_cuda(name, raw_handle, device_id, byte_size)
+
+    async def unregister(self, kind: str, name: str) -> None:
+        """Unregister a region of `kind` ("system" or "cuda"), or all of them when name is ""."""
+        self.shared_memory.unregister(kind, name)
+
+    async def region_status(self, kind: str, name: str) -> list[dict]:
+        return self.shared_memory.status(kind, name)
+
 
 def _uses_shared_memory(request: InferRequest) -> bool:
     return (any(isinstance(value, SharedInput) for value in request.inputs.values())
             or any(output.where is not None for output in request.requested_outputs or ()))
-

@@ -16,9 +16,6 @@ from naiad.daemon.errors import InvalidArgument, NaiadError
 from naiad.daemon.inference import (SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, InferRequest, InferResponse,
                                     Placed, RequestedOutput, SharedInput, check_tensor_parameters,
                                     region_slice, scheduling_parameters)
-from naiad.daemon.model_config import to_dict
-from naiad.daemon.registry import Registry
-from naiad.daemon.shared_memory import CudaRegion, SystemRegion
 from naiad.proto import grpc_service_pb2 as pb
 from naiad.proto import health_pb2, model_config_pb2
 
@@ -183,13 +180,15 @@ def _unimplemented(what: str):
 class InferenceService:
     def __init__(self, plane: DataPlane):
         self.plane = plane
-        self.registry = plane.registry
-        self.shared_memory = plane.shared_memory
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        request = decode_request(message)
-        served, response = await self.plane.infer(request)
-        return encode_response(request, served.version_text, response)
+        try:
+            request = decode_request(message)
+        except InvalidArgument:
+            await self.plane.model_metadata(message.model_name, message.model_version)  # an unknown model first
+            raise
+        version, response = await self.plane.infer(request)
+        return encode_response(request, version, response)
 
     @_rpc
     async def ModelInfer(self, message, context):
@@ -235,35 +234,34 @@ class InferenceService:
 
     @_rpc
     async def ServerReady(self, message, context):
-        return pb.ServerReadyResponse(ready=self.registry.ready)
+        return pb.ServerReadyResponse(ready=await self.plane.ready())
 
     @_rpc
     async def ModelReady(self, message, context):
-        return pb.ModelReadyResponse(ready=self.registry.is_ready(message.name, message.version))
+        return pb.ModelReadyResponse(ready=await self.plane.model_ready(message.name, message.version))
 
     @_rpc
     async def ServerMetadata(self, message, context):
-        return json_format.ParseDict(self.plane.server_metadata(), pb.ServerMetadataResponse())
+        return json_format.ParseDict(await self.plane.server_metadata(), pb.ServerMetadataResponse())
 
     @_rpc
     async def ModelMetadata(self, message, context):
-        metadata = self.plane.model_metadata(message.name, message.version)
+        metadata = await self.plane.model_metadata(message.name, message.version)
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
     @_rpc
     async def ModelConfig(self, message, context):
-        served = self.registry.get(message.name, message.version)
-        config = json_format.ParseDict(to_dict(served.config), model_config_pb2.ModelConfig())
-        return pb.ModelConfigResponse(config=config)
+        config = await self.plane.model_config(message.name, message.version)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     @_rpc
     async def ModelStatistics(self, message, context):
-        stats = self.registry.statistics(message.name, message.version)
+        stats = await self.plane.statistics(message.name, message.version)
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     @_rpc
     async def RepositoryIndex(self, message, context):
-        rows = self.registry.index(ready_only=message.ready)
+        rows = await self.plane.index(message.ready)
         return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
 
     @_rpc
@@ -275,38 +273,37 @@ class InferenceService:
 
     @_rpc
     async def RepositoryModelUnload(self, message, context):
-        await self.registry.unload(message.model_name)
+        await self.plane.unload(message.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     @_rpc
     async def SystemSharedMemoryRegister(self, message, context):
-        self.shared_memory.register_system(message.name, message.key, message.offset, message.byte_size)
+        await self.plane.register_system(message.name, message.key, message.offset, message.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @_rpc
     async def SystemSharedMemoryUnregister(self, message, context):
-        self.shared_memory.unregister(SystemRegion, message.name)
+        await self.plane.unregister("system", message.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     @_rpc
     async def SystemSharedMemoryStatus(self, message, context):
-        regions = {r["name"]: r for r in self.shared_memory.status(SystemRegion, message.name)}
+        regions = {r["name"]: r for r in await self.plane.region_status("system", message.name)}
         return json_format.ParseDict({"regions": regions}, pb.SystemSharedMemoryStatusResponse())
 
     @_rpc
     async def CudaSharedMemoryRegister(self, message, context):
-        self.shared_memory.register_cuda(message.name, message.raw_handle, message.device_id,
-                                         message.byte_size)
+        await self.plane.register_cuda(message.name, message.raw_handle, message.device_id, message.byte_size)
         return pb.CudaSharedMemoryRegisterResponse()
 
     @_rpc
     async def CudaSharedMemoryUnregister(self, message, context):
-        self.shared_memory.unregister(CudaRegion, message.name)
+        await self.plane.unregister("cuda", message.name)
         return pb.CudaSharedMemoryUnregisterResponse()
 
     @_rpc
     async def CudaSharedMemoryStatus(self, message, context):
-        regions = {r["name"]: r for r in self.shared_memory.status(CudaRegion, message.name)}
+        regions = {r["name"]: r for r in await self.plane.region_status("cuda", message.name)}
         return json_format.ParseDict({"regions": regions}, pb.CudaSharedMemoryStatusResponse())
 
     TraceSetting = _unimplemented("tracing")
@@ -318,13 +315,13 @@ class HealthService:
     service by name)."""
     SERVICES = ("", "inference.GRPCInferenceService")
 
-    def __init__(self, registry: Registry):
-        self.registry = registry
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
 
     async def Check(self, message, context):
         if message.service not in self.SERVICES:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{message.service}'")
-        status = (health_pb2.HealthCheckResponse.SERVING if self.registry.ready
+        status = (health_pb2.HealthCheckResponse.SERVING if await self.plane.ready()
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         return health_pb2.HealthCheckResponse(status=status)
 
@@ -343,16 +340,18 @@ def _handler(service, module, descriptor) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
 
-async def start(plane: DataPlane, address: str, port: int, max_message_bytes: int
-                ) -> grpc.aio.Server:
+async def start(plane: DataPlane, address: str, port: int, max_message_bytes: int,
+                shared_port: bool = False) -> grpc.aio.Server:
+    """The gRPC server, listening. With shared_port, naiad's frontend processes share the port (the
+    server checked first that no one else holds it); otherwise a port in use is an error."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        ("grpc.so_reuseport", int(shared_port)),
     ])
     server.add_generic_rpc_handlers((
         _handler(InferenceService(plane), pb, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]),
-        _handler(HealthService(plane.registry), health_pb2, health_pb2.DESCRIPTOR.services_by_name["Health"]),
+        _handler(HealthService(plane), health_pb2, health_pb2.DESCRIPTOR.services_by_name["Health"]),
     ))
     try:
         bound = server.add_insecure_port(f"{address}:{port}")

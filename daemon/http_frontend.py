@@ -16,8 +16,6 @@ from naiad.daemon.dataplane import DataPlane
 from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
 from naiad.daemon.inference import (InferRequest, InferResponse, Placed, RequestedOutput, SharedInput,
                                     check_tensor_parameters, region_slice, scheduling_parameters)
-from naiad.daemon.model_config import to_dict
-from naiad.daemon.shared_memory import CudaRegion, SystemRegion
 
 log = logging.getLogger(__name__)
 
@@ -255,52 +253,49 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
 class Endpoints:
     def __init__(self, plane: DataPlane):
         self.plane = plane
-        self.registry = plane.registry
-        self.shared_memory = plane.shared_memory
-
-    def _model(self, request: web.Request):
-        info = request.match_info
-        return self.registry.get(info["model"], info.get("version", ""))
 
     async def live(self, request):
         return web.Response()
 
     async def ready(self, request):
-        return web.Response(status=200 if self.registry.ready else 400)
+        return web.Response(status=200 if await self.plane.ready() else 400)
 
     async def server_metadata(self, request):
-        return _json(self.plane.server_metadata())
+        return _json(await self.plane.server_metadata())
 
     async def model_metadata(self, request):
         info = request.match_info
-        return _json(self.plane.model_metadata(info["model"], info.get("version", "")))
+        return _json(await self.plane.model_metadata(info["model"], info.get("version", "")))
 
     async def model_ready(self, request):
         info = request.match_info
-        ready = self.registry.is_ready(info["model"], info.get("version", ""))
+        ready = await self.plane.model_ready(info["model"], info.get("version", ""))
         return web.Response(status=200 if ready else 400)
 
     async def model_config(self, request):
-        return _json(to_dict(self._model(request).config))
+        info = request.match_info
+        return _json(await self.plane.model_config(info["model"], info.get("version", "")))
 
     async def infer(self, request):
         info = request.match_info
         body = await request.read()
-        self._model(request)  # an unknown model is reported before the body is parsed
-        infer_request, binary_default = decode_request(
-            info["model"], info.get("version", ""), body, request.headers.get(HEADER_LENGTH))
-        served, response = await self.plane.infer(infer_request)
-        return encode_response(infer_request, served.version_text, response, binary_default)
+        try:
+            infer_request, binary_default = decode_request(
+                info["model"], info.get("version", ""), body, request.headers.get(HEADER_LENGTH))
+        except InvalidArgument:
+            await self.plane.model_metadata(info["model"], info.get("version", ""))  # an unknown model first
+            raise
+        version, response = await self.plane.infer(infer_request)
+        return encode_response(infer_request, version, response, binary_default)
 
     async def statistics(self, request):
         info = request.match_info
-        return _json({"model_stats": self.registry.statistics(info.get("model", ""),
-                                                              info.get("version", ""))})
+        return _json({"model_stats": await self.plane.statistics(info.get("model", ""),
+                                                                 info.get("version", ""))})
 
     async def repository_index(self, request):
         body = _parse_json(await request.read(), "the request body")
-        ready = isinstance(body, dict) and body.get("ready") is True
-        return _json(self.registry.index(ready_only=ready))
+        return _json(await self.plane.index(isinstance(body, dict) and body.get("ready") is True))
 
     async def load(self, request):
         parameters = self._parameters(await request.read())
@@ -315,7 +310,7 @@ class Endpoints:
 
     async def unload(self, request):
         self._parameters(await request.read())
-        await self.registry.unload(request.match_info["model"])
+        await self.plane.unload(request.match_info["model"])
         return web.Response()
 
     @staticmethod
@@ -330,9 +325,8 @@ class Endpoints:
 
     async def system_register(self, request):
         body = await self._region_body(request)
-        self.shared_memory.register_system(request.match_info["region"],
-                                           _field(body, "key", str, "register"), _count(body, "offset", 0),
-                                           _count(body, "byte_size"))
+        await self.plane.register_system(request.match_info["region"], _field(body, "key", str, "register"),
+                                         _count(body, "offset", 0), _count(body, "byte_size"))
         return web.Response()
 
     async def cuda_register(self, request):
@@ -342,29 +336,29 @@ class Endpoints:
             raw_handle = base64.b64decode(_field(handle, "b64", str, "register: raw_handle"), validate=True)
         except (binascii.Error, ValueError):
             raise InvalidArgument("register: raw_handle.b64 must be the CUDA IPC handle in base64")
-        self.shared_memory.register_cuda(request.match_info["region"], raw_handle,
-                                         _count(body, "device_id", 0), _count(body, "byte_size"))
+        await self.plane.register_cuda(request.match_info["region"], raw_handle,
+                                       _count(body, "device_id", 0), _count(body, "byte_size"))
         return web.Response()
 
     async def unregister(self, request):
         await request.read()
-        self.shared_memory.unregister(_REGION_KINDS[request.match_info["kind"]],
-                                      request.match_info.get("region", ""))
+        await self.plane.unregister(_REGION_KINDS[request.match_info["kind"]],
+                                    request.match_info.get("region", ""))
         return web.Response()
 
     async def region_status(self, request):
-        return _json(self.shared_memory.status(_REGION_KINDS[request.match_info["kind"]],
-                                               request.match_info.get("region", "")))
+        return _json(await self.plane.region_status(_REGION_KINDS[request.match_info["kind"]],
+                                                    request.match_info.get("region", "")))
 
     async def _region_body(self, request) -> dict:
-        self.shared_memory.check_allowed()
+        await self.plane.check_shared_memory()
         body = _parse_json(await request.read(), "the request body")
         if not isinstance(body, dict):
             raise InvalidArgument("the request body must be a JSON object")
         return body
 
 
-_REGION_KINDS = {"systemsharedmemory": SystemRegion, "cudasharedmemory": CudaRegion}
+_REGION_KINDS = {"systemsharedmemory": "system", "cudasharedmemory": "cuda"}
 
 
 def _count(body: dict, key: str, default: int | None = None) -> int:
@@ -412,9 +406,11 @@ def make_app(plane: DataPlane, max_body_bytes: int) -> web.Application:
     return app
 
 
-async def start(plane: DataPlane, address: str, port: int, max_body_bytes: int) -> web.AppRunner:
+async def start(plane: DataPlane, address: str, port: int, max_body_bytes: int,
+                shared_port: bool = False) -> web.AppRunner:
+    """The HTTP server, listening; shared_port as in grpc_frontend.start."""
     runner = web.AppRunner(make_app(plane, max_body_bytes), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, address, port, reuse_port=False).start()
+    await web.TCPSite(runner, address, port, reuse_port=shared_port).start()
     log.info("HTTP frontend listening on %s:%d", address, port)
     return runner

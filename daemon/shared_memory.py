@@ -81,6 +81,9 @@ class CudaRegion(Region):
         cuda.close_ipc_handle(self.pointer, self.device_id)
 
 
+KINDS = {"system": SystemRegion, "cuda": CudaRegion}
+
+
 class SystemPlace:
     """An output's bytes in a system region."""
     device_id = None
@@ -199,33 +202,34 @@ class SharedMemory:
         self.regions[name] = CudaRegion(name, byte_size, device_id=device_id, pointer=pointer)
         log.info("registered CUDA shared-memory region '%s' (GPU %d, %d bytes)", name, device_id, byte_size)
 
-    def unregister(self, kind: type[Region], name: str = "") -> None:
-        """One region of this kind, or every one when name is empty."""
+    def unregister(self, kind: str, name: str = "") -> None:
+        """One region of this kind ("system" or "cuda"), or every one when name is empty."""
         self.check_allowed()
         if name:
             self._find(kind, name)
-        for found in [r for r in self.regions.values() if isinstance(r, kind) and name in ("", r.name)]:
+        for found in [r for r in self.regions.values() if isinstance(r, KINDS[kind]) and name in ("", r.name)]:
             del self.regions[found.name]
             found.unregistered = True
             if found.users == 0:
                 found._release_memory()
 
-    def status(self, kind: type[Region], name: str = "") -> list[dict]:
+    def status(self, kind: str, name: str = "") -> list[dict]:
         self.check_allowed()
         if name:
             return [self._find(kind, name).status()]
-        return [r.status() for r in self.regions.values() if isinstance(r, kind)]
+        return [r.status() for r in self.regions.values() if isinstance(r, KINDS[kind])]
 
     def close(self) -> None:
         """Unregister every region (at shutdown)."""
         if self.allowed:
-            self.unregister(Region)
+            for kind in KINDS:
+                self.unregister(kind)
 
-    def _find(self, kind: type[Region], name: str) -> Region:
+    def _find(self, kind: str, name: str) -> Region:
         region = self.regions.get(name)
-        if not isinstance(region, kind):
-            what = "system" if kind is SystemRegion else "CUDA"
-            raise NotFound(f"no {what} shared-memory region '{name}' is registered")
+        if not isinstance(region, KINDS[kind]):
+            raise NotFound(f"no {'CUDA' if kind == 'cuda' else kind} shared-memory region '{name}' is "
+                           f"registered")
         return region
 
     # --- requests ---------------------------------------------------------------------------------
