@@ -3,7 +3,7 @@ shared memory and CUDA shared memory, against torch alone; then an identity mode
 tensors through perf_analyzer's three shared-memory modes. GPU busy time (NVML) is sampled beside
 every row. Prints Markdown tables; one run takes about six minutes.
 
-    python bench/gpu_throughput.py [--perf-analyzer PATH] [--seconds 4]
+    python bench/gpu_throughput.py [--perf-analyzer PATH] [--seconds 4] [--torch-alone false] [-- NAIAD FLAGS]
 
 Needs a CUDA build of torch, torchvision (for the ResNet-50 definition), perf_analyzer, and naiad
 importable (installed, or the checkout on PYTHONPATH as the `naiad` package).
@@ -12,29 +12,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
 import yaml
 
+import harness
+from harness import Measurement
 from naiad.daemon import gpus
 
 IMAGE = (3, 224, 224)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def bool_flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
 
 
 class GpuBusy:
@@ -111,84 +105,60 @@ def write_repository(repository: Path) -> None:
         "instance_group": [{"kind": "KIND_GPU", "count": 1}]}))
 
 
-def start_naiad(repository: Path) -> tuple[subprocess.Popen, int]:
-    grpc_port, http_port = free_port(), free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "naiad.daemon", "serve", "--model-repository", str(repository),
-         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--allow-metrics", "false",
-         "--allow-client-shm", "true"], start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2) as r:
-                if r.status == 200:
-                    return server, grpc_port
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit("naiad did not become ready in 300 s")
-
-
 def perf(analyzer: str, port: int, model: str, batch: int, concurrency: int, memory: str,
-         seconds: float, shape: str = "", output_bytes: int = 0) -> tuple[float, float, float]:
-    """perf_analyzer's throughput (infer/s) and average latency (ms), and the GPU's busy share."""
-    command = [analyzer, "-m", model, "-i", "grpc", "-u", f"127.0.0.1:{port}", "-b", str(batch),
-               "--concurrency-range", str(concurrency), "--measurement-interval", str(int(seconds * 1000)),
-               "--shared-memory", memory, "--max-trials", "5", "--stability-percentage", "50"]
-    if shape:
-        command += ["--shape", shape]
+         seconds: float, output_bytes: int, *extra: str) -> tuple[Measurement, float]:
+    """perf_analyzer's figures with this batch size and shared-memory mode; and the GPU's busy share."""
+    options = ["-b", str(batch), "--shared-memory", memory, *extra]
     if memory != "none":
-        command += ["--output-shared-memory-size", str(output_bytes)]
+        options += ["--output-shared-memory-size", str(output_bytes)]
     with GpuBusy() as busy:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    text = result.stdout + result.stderr
-    throughput = re.search(r"Throughput: ([\d.]+) infer/sec", text)
-    latency = re.search(r"Avg latency: (\d+) usec", text)
-    if result.returncode != 0 or throughput is None:
-        print(f"perf_analyzer failed ({' '.join(command[1:])}):\n{text[-2000:]}", file=sys.stderr)
-        return float("nan"), float("nan"), busy.busy
-    return float(throughput.group(1)), int(latency.group(1)) / 1000 if latency else float("nan"), busy.busy
+        found = harness.perf(analyzer, port, model, concurrency, seconds, *options)
+    return found, busy.busy
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--perf-analyzer", default="perf_analyzer")
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--torch-alone", type=bool_flag, default=True, metavar="BOOL")
+    parser.add_argument("naiad_args", nargs="*", help="more `naiad serve` flags (after --)")
     args = parser.parse_args()
     print(f"# {torch.cuda.get_device_name(0)}, {os.cpu_count()} cores, torch {torch.__version__}\n")
 
-    print("| torch alone, ResNet-50 FP32 | batch | images/s | GPU busy |\n| --- | --- | --- | --- |")
-    for host_input in (False, True):
-        for batch in (1, 16, 64):
-            rate, busy = torch_alone(batch, host_input, args.seconds)
-            where = "input from host, output back" if host_input else "input on the GPU"
-            print(f"| {where} | {batch} | {rate:,.0f} | {busy:.0%} |", flush=True)
-    torch.cuda.empty_cache()
+    if args.torch_alone:
+        print("| torch alone, ResNet-50 FP32 | batch | images/s | GPU busy |\n| --- | --- | --- | --- |")
+        for host_input in (False, True):
+            for batch in (1, 16, 64):
+                rate, busy = torch_alone(batch, host_input, args.seconds)
+                where = "input from host, output back" if host_input else "input on the GPU"
+                print(f"| {where} | {batch} | {rate:,.0f} | {busy:.0%} |", flush=True)
+        torch.cuda.empty_cache()
 
     with tempfile.TemporaryDirectory() as folder:
         repository = Path(folder)
         write_repository(repository)
-        server, port = start_naiad(repository)
+        server = harness.start_naiad(repository, "--allow-client-shm", "true", *args.naiad_args)
+        port = server.grpc_port
         try:
             print("\n| naiad, ResNet-50 (2 GPU instances, dynamic batching) | batch | concurrency | images/s "
                   "| avg latency ms | GPU busy |\n| --- | --- | --- | --- | --- | --- |")
             for memory in ("none", "system", "cuda"):
                 for batch, concurrency in ((1, 16), (1, 64), (16, 8), (16, 16)):
-                    rate, latency, busy = perf(args.perf_analyzer, port, "resnet50", batch, concurrency,
-                                               memory, args.seconds, output_bytes=4000 * batch)
-                    print(f"| shared memory: {memory} | {batch} | {concurrency} | {rate:,.0f} | "
-                          f"{latency:.1f} | {busy:.0%} |", flush=True)
+                    found, busy = perf(args.perf_analyzer, port, "resnet50", batch, concurrency, memory,
+                                       args.seconds, 4000 * batch)
+                    print(f"| shared memory: {memory} | {batch} | {concurrency} | {found.throughput:,.0f} | "
+                          f"{found.latency_ms:.1f} | {busy:.0%} |", flush=True)
             print("\n| identity (GPU instance), perf_analyzer | tensor | concurrency | infer/s | MB/s in "
                   "| avg latency ms |\n| --- | --- | --- | --- | --- | --- |")
             for megabytes in (4, 64):
                 elements = megabytes * (1 << 20) // 4
                 for memory in ("none", "system", "cuda"):
-                    rate, latency, _ = perf(args.perf_analyzer, port, "identity", 1, 2, memory, args.seconds,
-                                            shape=f"INPUT__0:{elements}", output_bytes=elements * 4)
-                    print(f"| shared memory: {memory} | {megabytes} MB | 2 | {rate:,.1f} | "
-                          f"{rate * megabytes:,.0f} | {latency:.1f} |", flush=True)
+                    found, _ = perf(args.perf_analyzer, port, "identity", 1, 2, memory, args.seconds,
+                                    elements * 4, "--shape", f"INPUT__0:{elements}")
+                    print(f"| shared memory: {memory} | {megabytes} MB | 2 | {found.throughput:,.1f} | "
+                          f"{found.throughput * megabytes:,.0f} | {found.latency_ms:.1f} |", flush=True)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from naiad.daemon import VERSION, repository
+from naiad.daemon.frontends import default_count
 from naiad.daemon.registry import MODES, read_model
 from naiad.daemon.server import serve
 from naiad.daemon.settings import Settings
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="let clients register system and CUDA shared-memory regions for tensors "
                             "(off by default: a region gives the client's tensors access to this "
                             "server's memory maps; turn it on for clients on this host you trust)")
+    serve.add_argument("--frontends", type=int, default=default_count(), metavar="N",
+                       help="processes that share the gRPC and HTTP ports and do the wire work; 1 serves "
+                            "them from the server's own process (default: one for every two cores, "
+                            "at most 8; 1 on two cores or fewer: %(default)s here)")
     serve.add_argument("--log-verbose", type=int, default=d.log_verbose, metavar="LEVEL",
                        help="0: info; 1 or more: debug")
 

@@ -1,14 +1,15 @@
-"""Runs the daemon: one asyncio event loop carries the frontends and the schedulers."""
+"""Runs the daemon: one asyncio event loop carries the schedulers, and the frontends too unless they
+run in processes of their own (frontends.py)."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 
 from naiad.batching.processes import remove_stale_segments
 from naiad.daemon import grpc_frontend, http_frontend, metrics
 from naiad.daemon.dataplane import DataPlane
+from naiad.daemon.frontends import FrontendPool, fewer_collections
 from naiad.daemon.registry import Registry
 from naiad.daemon.shared_memory import SharedMemory
 from naiad.daemon.settings import Settings
@@ -29,19 +30,25 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # The frontends start first: live answers at once, ready once the models have loaded.
-    grpc_server = None
+    grpc_server = pool = None
     runners = []  # the aiohttp servers: HTTP and metrics
-    if settings.allow_grpc:
-        grpc_server = await grpc_frontend.start(plane, settings.grpc_address, settings.grpc_port,
-                                                settings.max_request_bytes)
-    if settings.allow_http:
-        runners.append(await http_frontend.start(plane, settings.http_address, settings.http_port,
-                                                 settings.max_request_bytes))
+    if settings.frontends > 1:
+        pool = FrontendPool(settings, plane)
+        try:
+            await pool.start()
+        except BaseException:
+            await pool.stop(0)
+            raise
+    else:
+        if settings.allow_grpc:
+            grpc_server = await grpc_frontend.start(plane, settings.grpc_address, settings.grpc_port,
+                                                    settings.max_request_bytes)
+        if settings.allow_http:
+            runners.append(await http_frontend.start(plane, settings.http_address, settings.http_port,
+                                                     settings.max_request_bytes))
     if settings.allow_metrics:
         runners.append(await metrics.start(registry, settings.metrics_address, settings.metrics_port))
-    # Every request allocates a few dozen short-lived objects; with the default threshold (700) the
-    # young-generation collector runs every few requests. Raising it costs memory, not time.
-    gc.set_threshold(50_000, 20, 20)
+    fewer_collections()
     try:
         starting = asyncio.create_task(registry.start())
         await stop.wait()
@@ -49,6 +56,8 @@ async def serve(settings: Settings) -> None:
         starting.cancel()
     finally:
         registry.ready = False
+        if pool is not None:
+            await pool.stop(settings.exit_timeout_secs)
         if grpc_server is not None:
             await grpc_server.stop(settings.exit_timeout_secs)
         for runner in runners:

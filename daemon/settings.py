@@ -23,4 +23,5 @@ class Settings:
     max_request_bytes: int = 1 << 30          # one request's largest body or message
     exit_timeout_secs: float = 30.0           # how long in-flight requests may take at shutdown
     allow_client_shm: bool = False            # clients may register system and CUDA shared memory
+    frontends: int = 1                        # processes that serve gRPC and HTTP (1: this process)
     log_verbose: int = 0

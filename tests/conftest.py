@@ -17,6 +17,17 @@ from tests import models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_REPOSITORY = REPO_ROOT / "model_repository"
+# how many frontend processes every server the tests start has (pytest --frontends N)
+FRONTENDS = ["1"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--frontends", default="1", help="frontend processes of every naiad the tests start "
+                     "(1: gRPC and HTTP served by the server's own process)")
+
+
+def pytest_configure(config):
+    FRONTENDS[0] = config.getoption("--frontends")
 
 
 def free_port() -> int:
@@ -36,7 +47,8 @@ class NaiadServer:
         command = [sys.executable, "-m", "naiad.daemon", "serve", "--model-repository", str(repository),
                    "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
                    "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
-                   "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port), *args]
+                   "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+                   "--frontends", FRONTENDS[0], *args]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 

@@ -1,0 +1,184 @@
+"""The channel between a frontend process and the process that owns the models: a Unix socket that
+carries length-prefixed pickled messages both ways. A frontend sends `Call`s (a DataPlane method and
+its arguments) and gets `Reply`s, matched by id, many in flight at once; the model process runs each
+call on its DataPlane. Tensors travel inside the messages (pickle protocol 5 writes numpy arrays'
+bytes as they are)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from naiad.daemon.dataplane import METHODS, DataPlane
+from naiad.daemon.errors import Internal, NaiadError, Unavailable
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class Call:
+    id: int
+    method: str
+    args: tuple
+
+
+@dataclass(slots=True)
+class Reply:
+    id: int
+    value: Any = None
+    error: NaiadError | None = None
+
+
+@dataclass(slots=True)
+class Started:
+    """A frontend process's first message: it listens, or why it cannot."""
+    error: str | None = None
+
+
+class MessageProtocol(asyncio.Protocol):
+    """Frames: a 4-byte length, then a pickled message. `on_message` gets each one as it completes."""
+
+    def __init__(self, on_message, on_lost):
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.outgoing: list[bytes] = []   # written together, once per turn of the event loop
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            end = start + _LENGTH.size + length
+            if len(buffer) < end:
+                break
+            message = pickle.loads(memoryview(buffer)[start + _LENGTH.size:end])
+            start = end
+            self.on_message(message)
+        del buffer[:start]
+
+    def send(self, message) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        data = pickle.dumps(message, protocol=5)
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outgoing += (_LENGTH.pack(len(data)), data)
+
+    def _flush(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(b"".join(self.outgoing))
+        self.outgoing.clear()
+
+    def connection_lost(self, exc) -> None:
+        self.on_lost()
+
+
+# --- the frontend's side -------------------------------------------------------------------------
+
+class RemoteDataPlane:
+    """A DataPlane whose every method is a call to the model process."""
+
+    def __init__(self):
+        self.pending: dict[int, asyncio.Future] = {}
+        self.next_id = 0
+        self.lost = asyncio.Event()
+        self.protocol = MessageProtocol(self._reply, self._lost)
+
+    async def _call(self, method: str, args: tuple):
+        if self.lost.is_set():
+            raise Unavailable("the server is shutting down")
+        self.next_id += 1
+        future = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = future
+        self.protocol.send(Call(self.next_id, method, args))
+        return await future
+
+    def _reply(self, reply: Reply) -> None:
+        future = self.pending.pop(reply.id, None)
+        if future is None or future.done():
+            return
+        if reply.error is not None:
+            future.set_exception(reply.error)
+        else:
+            future.set_result(reply.value)
+
+    def _lost(self) -> None:
+        self.lost.set()
+        error = Unavailable("the server's model process is gone")
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self.pending.clear()
+
+    def __getattr__(self, method: str):
+        if method not in METHODS:
+            raise AttributeError(method)
+
+        async def call(*args):
+            return await self._call(method, args)
+        return call
+
+
+# --- the model process's side --------------------------------------------------------------------
+
+def _start(coroutine) -> asyncio.Task:
+    """A task for the coroutine; where Python can (3.12+), run at once up to its first wait, so that
+    a call answered without waiting (a model that runs inline) costs no turn of the event loop."""
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coroutine, loop=asyncio.get_running_loop(), eager_start=True)
+    return asyncio.ensure_future(coroutine)
+
+
+class PlaneServer:
+    """Runs the calls of one frontend process on the DataPlane, each as its own task. `started` gets
+    the frontend's Started message."""
+
+    def __init__(self, plane: DataPlane, started: asyncio.Future, on_lost):
+        self.plane = plane
+        self.started = started
+        self.on_lost = on_lost
+        self.protocol = MessageProtocol(self._call, self._lost)
+        self.running: set[asyncio.Task] = set()
+
+    def _lost(self) -> None:
+        if not self.started.done():
+            self.started.set_result("the frontend process ended before it listened; its output is in "
+                                    "the server's log")
+            return
+        self.on_lost()
+
+    def _call(self, call: Call | Started) -> None:
+        if isinstance(call, Started):
+            if not self.started.done():
+                self.started.set_result(call.error)
+            return
+        if call.method not in METHODS:
+            self.protocol.send(Reply(call.id, error=Internal(f"unknown data-plane method '{call.method}'")))
+            return
+        task = _start(self._run(call))
+        if not task.done():
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _run(self, call: Call) -> None:
+        try:
+            value = await getattr(self.plane, call.method)(*call.args)
+        except NaiadError as e:
+            self.protocol.send(Reply(call.id, error=e))
+        except Exception as e:
+            log.exception("data-plane call %s failed", call.method)
+            self.protocol.send(Reply(call.id, error=Internal(f"{type(e).__name__}: {e}")))
+        else:
+            self.protocol.send(Reply(call.id, value))

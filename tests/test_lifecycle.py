@@ -1,0 +1,104 @@
+"""The server's processes over its life: SIGTERM lets requests in flight finish, a port in use is a clear
+error, and a frontend process that dies under load comes back while the server stays ready."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests import models
+from tests.conftest import SHIPPED_REPOSITORY, NaiadServer, copy_model
+
+SIMPLE_BODY = json.dumps({"inputs": [
+    {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": list(range(16))},
+    {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1] * 16}]}).encode()
+
+
+def post(server: NaiadServer, path: str, body: bytes, timeout: float = 30) -> dict:
+    request = urllib.request.Request(f"http://{server.http_url}{path}", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def test_sigterm_lets_requests_in_flight_finish(repository, start_server):
+    models.write_model(repository, "slow", models.batched("FP32", (1,)), models.SLOW)
+    server = start_server(repository)
+    body = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1],
+                                   "data": [800.0]}]}).encode()   # the model sleeps 800 ms
+    answers, errors = [], []
+
+    def one():
+        try:
+            answers.append(post(server, "/v2/models/slow/infer", body))
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors and len(answers) == 3
+    assert all(a["outputs"][0]["data"] == [800.0] for a in answers)
+    assert server.process.wait(timeout=30) == 0
+
+
+def test_port_in_use_is_a_clear_error(repository, start_server, tmp_path):
+    first = start_server(repository)
+    second = NaiadServer(repository, tmp_path / "second.log", "--grpc-port", str(first.grpc_port))
+    assert second.process.wait(timeout=60) == 1
+    assert f"cannot listen on 127.0.0.1:{first.grpc_port}; is the port in use?" in second.log()
+    assert "Traceback" not in second.log()
+
+
+def frontend_pids(server: NaiadServer) -> dict[int, int]:
+    """Frontend index -> pid of its newest process, from the server's log."""
+    return {int(i): int(pid) for i, pid in re.findall(r"frontend process (\d+) listening \(pid (\d+)\)",
+                                                      server.log())}
+
+
+def test_a_killed_frontend_fails_only_its_requests_and_comes_back(tmp_path, start_server):
+    repository = tmp_path / "models"
+    copy_model(SHIPPED_REPOSITORY, "simple", repository)
+    server = start_server(repository, "--frontends", "2")
+    before = frontend_pids(server)
+    assert sorted(before) == [0, 1]
+    stop, done, failed = threading.Event(), [], []
+
+    def load():
+        while not stop.is_set():
+            try:   # a new connection for each request: the kernel spreads them over the frontends
+                result = post(server, "/v2/models/simple/infer", SIMPLE_BODY, timeout=10)
+                assert result["outputs"][0]["data"] == list(range(1, 17))
+                done.append(1)
+            except OSError as e:
+                failed.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while frontend_pids(server).get(0) == before[0] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    served_before_check = len(done)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert frontend_pids(server)[0] != before[0], "the killed frontend was not started again"
+    assert len(failed) <= len(threads), f"{len(failed)} requests failed: {failed[:3]}"
+    assert len(done) > served_before_check, "no request was served after the frontend came back"
+    assert server.get("/v2/health/ready") == 200
+    for _ in range(20):
+        assert post(server, "/v2/models/simple/infer", SIMPLE_BODY)["outputs"][0]["data"] == list(range(1, 17))
+    assert server.process.poll() is None
