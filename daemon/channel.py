@@ -13,8 +13,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from naiad.daemon.arena import Arena
 from naiad.daemon.dataplane import METHODS, DataPlane
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
+from naiad.daemon.inference import InferRequest
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,10 @@ class Reply:
 
 @dataclass(slots=True)
 class Started:
-    """A frontend process's first message: it listens, or why it cannot."""
+    """A frontend process's first message: it listens (with its tensor arena's file and size, if it
+    has one), or why it cannot."""
     error: str | None = None
+    arena: tuple[str, int] | None = None
 
 
 class MessageProtocol(asyncio.Protocol):
@@ -88,25 +92,34 @@ class MessageProtocol(asyncio.Protocol):
 # --- the frontend's side -------------------------------------------------------------------------
 
 class RemoteDataPlane:
-    """A DataPlane whose every method is a call to the model process."""
+    """A DataPlane whose every method is a call to the model process. Large inputs go through the
+    tensor arena, when there is one; their space comes back with the reply (the model is done then),
+    not when the client goes away."""
 
-    def __init__(self):
-        self.pending: dict[int, asyncio.Future] = {}
+    def __init__(self, arena: Arena | None = None):
+        self.arena = arena
+        self.pending: dict[int, tuple[asyncio.Future, list]] = {}   # id -> (future, arena blocks)
         self.next_id = 0
         self.lost = asyncio.Event()
         self.protocol = MessageProtocol(self._reply, self._lost)
 
-    async def _call(self, method: str, args: tuple):
+    async def infer(self, request: InferRequest):
+        taken = self.arena.place(request) if self.arena is not None else []
+        return await self._call("infer", (request,), taken)
+
+    async def _call(self, method: str, args: tuple, taken: list = ()):
         if self.lost.is_set():
             raise Unavailable("the server is shutting down")
         self.next_id += 1
         future = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = future
+        self.pending[self.next_id] = (future, taken)
         self.protocol.send(Call(self.next_id, method, args))
         return await future
 
     def _reply(self, reply: Reply) -> None:
-        future = self.pending.pop(reply.id, None)
+        future, taken = self.pending.pop(reply.id, (None, ()))
+        if taken:
+            self.arena.give_back(taken)
         if future is None or future.done():
             return
         if reply.error is not None:
@@ -117,7 +130,7 @@ class RemoteDataPlane:
     def _lost(self) -> None:
         self.lost.set()
         error = Unavailable("the server's model process is gone")
-        for future in self.pending.values():
+        for future, _ in self.pending.values():
             if not future.done():
                 future.set_exception(error)
         self.pending.clear()
@@ -154,15 +167,15 @@ class PlaneServer:
 
     def _lost(self) -> None:
         if not self.started.done():
-            self.started.set_result("the frontend process ended before it listened; its output is in "
-                                    "the server's log")
+            self.started.set_result(Started("the frontend process ended before it listened; its output "
+                                            "is in the server's log"))
             return
         self.on_lost()
 
     def _call(self, call: Call | Started) -> None:
         if isinstance(call, Started):
             if not self.started.done():
-                self.started.set_result(call.error)
+                self.started.set_result(call)
             return
         if call.method not in METHODS:
             self.protocol.send(Reply(call.id, error=Internal(f"unknown data-plane method '{call.method}'")))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import logging
 import os
@@ -23,6 +24,7 @@ import subprocess
 import sys
 
 from naiad.daemon import grpc_frontend, http_frontend
+from naiad.daemon.arena import Arena
 from naiad.daemon.channel import PlaneServer, RemoteDataPlane, Started
 from naiad.daemon.dataplane import DataPlane
 from naiad.daemon.settings import Settings
@@ -82,15 +84,23 @@ class FrontendPool:
         theirs.close()
         self.processes[index] = process
         started = loop.create_future()
-        server = PlaneServer(self.plane, started, lambda: self._lost(index, process))
+        arena = None
+        server = PlaneServer(self.plane, started, lambda: self._lost(index, process, arena))
         await loop.create_connection(lambda: server.protocol, sock=ours)
-        error = await started
-        if error is not None:
-            raise OSError(error)
+        message: Started = await started
+        if message.error is not None:
+            raise OSError(message.error)
+        arena = message.arena
+        if arena is not None:
+            self.plane.shared_memory.add_internal(*arena)
         log.info("frontend process %d listening (pid %d)", index, process.pid)
 
-    def _lost(self, index: int, process: subprocess.Popen) -> None:
+    def _lost(self, index: int, process: subprocess.Popen, arena: tuple[str, int] | None) -> None:
         """A frontend's channel closed: it exited, or is about to."""
+        if arena is not None:
+            self.plane.shared_memory.remove_internal(arena[0])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(arena[0])   # the frontend removes it at exit, unless it was killed
         if self.stopping or self.processes.get(index) is not process:
             return
         log.error("frontend process %d (pid %d) ended; starting it again", index, process.pid)
@@ -132,7 +142,8 @@ class FrontendPool:
 async def _serve(fd: int, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     fewer_collections()
-    plane = RemoteDataPlane()
+    arena = Arena.create()
+    plane = RemoteDataPlane(arena)
     await loop.create_connection(lambda: plane.protocol, sock=socket.socket(fileno=fd))
     grpc_server = http_runner = None
     try:
@@ -144,8 +155,10 @@ async def _serve(fd: int, settings: Settings) -> None:
                                                     settings.max_request_bytes, shared_port=True)
     except OSError as e:
         plane.protocol.send(Started(str(e)))
+        if arena is not None:
+            arena.close()
         return
-    plane.protocol.send(Started())
+    plane.protocol.send(Started(arena=(arena.segment.path, arena.segment.size) if arena is not None else None))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     lost = asyncio.ensure_future(plane.lost.wait())
@@ -156,6 +169,8 @@ async def _serve(fd: int, settings: Settings) -> None:
     if http_runner is not None:
         await http_runner.shutdown()
         await http_runner.cleanup()
+    if arena is not None:
+        arena.close()
 
 
 def main(argv: list[str]) -> int:

@@ -32,10 +32,12 @@ class RegionSlice:
 
 @dataclass(frozen=True, slots=True)
 class SharedInput:
-    """An input whose data lies in a shared-memory region; the data plane reads it in place."""
+    """An input whose data lies in a shared-memory region; the data plane reads it in place. Internal:
+    in a frontend process's tensor arena (daemon/arena.py), never a region a client names."""
     datatype: datatypes.DataType
     shape: tuple[int, ...]
     where: RegionSlice
+    internal: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,12 @@ class Region:
         if self.unregistered and self.users == 0:
             self._release_memory()
 
+    def retire(self) -> None:
+        """No longer for new requests; unmapped once those using it are done."""
+        self.unregistered = True
+        if self.users == 0:
+            self._release_memory()
+
     def check(self, kind: str, name: str, where: RegionSlice) -> None:
         if where.offset + where.byte_size > self.byte_size:
             raise InvalidArgument(
@@ -152,6 +158,7 @@ class SharedMemory:
     def __init__(self, allowed: bool):
         self.allowed = allowed
         self.regions: dict[str, Region] = {}
+        self.internal: dict[str, SystemRegion] = {}   # frontend processes' tensor arenas, by file name
 
     def check_allowed(self) -> None:
         if not self.allowed:
@@ -178,21 +185,18 @@ class SharedMemory:
                                   f"a client may register (expected a name like /input_data)")
         if offset < 0:
             raise InvalidArgument(f"shared-memory region '{name}': offset must be >= 0, got {offset}")
-        try:
-            fd = os.open(os.path.join(SHM_DIR, file_name), os.O_RDWR | os.O_NOFOLLOW)
-        except OSError as e:
-            raise InvalidArgument(f"shared-memory region '{name}': cannot open key '{key}' "
-                                  f"({e.strerror}); create it before registering it")
-        try:
-            size = os.fstat(fd).st_size
-            if offset + byte_size > size:
-                raise InvalidArgument(f"shared-memory region '{name}': offset {offset} and byte_size "
-                                      f"{byte_size} reach past the end of '{key}' ({size} bytes)")
-            mapped = mmap.mmap(fd, offset + byte_size)
-        finally:
-            os.close(fd)
-        self.regions[name] = SystemRegion(name, byte_size, key=key, offset=offset, map=mapped)
+        self.regions[name] = _map_system(name, os.path.join(SHM_DIR, file_name), key, offset, byte_size)
         log.info("registered system shared-memory region '%s' (%s, %d bytes)", name, key, byte_size)
+
+    def add_internal(self, path: str, byte_size: int) -> None:
+        """Map a frontend process's tensor arena."""
+        name = os.path.basename(path)
+        self.internal[name] = _map_system(name, path, path, 0, byte_size)
+
+    def remove_internal(self, path: str) -> None:
+        region = self.internal.pop(os.path.basename(path), None)
+        if region is not None:
+            region.retire()
 
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
         self._check_new(name, byte_size)
@@ -209,9 +213,7 @@ class SharedMemory:
             self._find(kind, name)
         for found in [r for r in self.regions.values() if isinstance(r, KINDS[kind]) and name in ("", r.name)]:
             del self.regions[found.name]
-            found.unregistered = True
-            if found.users == 0:
-                found._release_memory()
+            found.retire()
 
     def status(self, kind: str, name: str = "") -> list[dict]:
         self.check_allowed()
@@ -241,7 +243,7 @@ class SharedMemory:
         try:
             for name, value in request.inputs.items():
                 if isinstance(value, SharedInput):
-                    region = self._use("input", name, value.where, used)
+                    region = self._use("input", name, value.where, used, value.internal)
                     request.inputs[name] = _read(region, name, value)
             for output in request.requested_outputs or ():
                 if output.where is not None:
@@ -259,15 +261,36 @@ class SharedMemory:
         for region in used:
             region.release()
 
-    def _use(self, kind: str, name: str, where: RegionSlice, used: list[Region]) -> Region:
-        self.check_allowed()
-        region = self.regions.get(where.region)
+    def _use(self, kind: str, name: str, where: RegionSlice, used: list[Region], internal: bool = False
+             ) -> Region:
+        if internal:
+            region = self.internal.get(where.region)
+        else:
+            self.check_allowed()
+            region = self.regions.get(where.region)
         if region is None:
             raise InvalidArgument(f"{kind} '{name}': no shared-memory region '{where.region}' is registered")
         region.check(kind, name, where)
         region.users += 1
         used.append(region)
         return region
+
+
+def _map_system(name: str, path: str, key: str, offset: int, byte_size: int) -> SystemRegion:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError as e:
+        raise InvalidArgument(f"shared-memory region '{name}': cannot open key '{key}' "
+                              f"({e.strerror}); create it before registering it")
+    try:
+        size = os.fstat(fd).st_size
+        if offset + byte_size > size:
+            raise InvalidArgument(f"shared-memory region '{name}': offset {offset} and byte_size "
+                                  f"{byte_size} reach past the end of '{key}' ({size} bytes)")
+        mapped = mmap.mmap(fd, offset + byte_size)
+    finally:
+        os.close(fd)
+    return SystemRegion(name, byte_size, key=key, offset=offset, map=mapped)
 
 
 def _read(region: Region, name: str, shared: SharedInput) -> Tensor:

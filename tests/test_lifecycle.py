@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 from tests import models
@@ -102,3 +103,26 @@ def test_a_killed_frontend_fails_only_its_requests_and_comes_back(tmp_path, star
     for _ in range(20):
         assert post(server, "/v2/models/simple/infer", SIMPLE_BODY)["outputs"][0]["data"] == list(range(1, 17))
     assert server.process.poll() is None
+
+
+def test_large_tensors_cross_the_frontends_intact(repository, start_server):
+    """Tensors of 64 KiB and more go from a frontend process to the models through its shared-memory
+    arena; many at once, of several sizes, each comes back as it was sent."""
+    import tritonclient.grpc as grpcclient
+    from concurrent.futures import ThreadPoolExecutor
+
+    models.write_model(repository, "identity", models.batched("FP32"), models.IDENTITY)
+    server = start_server(repository, "--frontends", "2")
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((1, n)).astype(np.float32) for n in (10, 20_000, 300_000, 1_000_000)] * 4
+
+    def one(array):
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            tensor = grpcclient.InferInput("INPUT0", list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array)
+            return client.infer("identity", [tensor]).as_numpy("OUTPUT0")
+
+    with ThreadPoolExecutor(8) as pool:
+        for sent, received in zip(arrays, pool.map(one, arrays)):
+            np.testing.assert_array_equal(received, sent)
+    assert "no tensor arena" not in server.log()

@@ -1,0 +1,97 @@
+"""A frontend process's tensor arena: one shared-memory file that the frontend writes large input
+tensors into and the model process reads them from in place, so that their bytes do not travel through
+the channel. The model process maps it as an internal shared-memory region; a request names its part
+of it as a SharedInput like a client's region, marked internal so that no client can name it.
+
+Space is taken when a request goes to the model process and given back when its reply comes, which
+is after the model is done with it. A tensor that does not fit travels in the message instead."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from naiad.batching.processes import Segment
+from naiad.daemon import datatypes
+from naiad.daemon.inference import InferRequest, RegionSlice, SharedInput
+
+log = logging.getLogger(__name__)
+
+SMALLEST = 64 << 10        # tensors smaller than this travel in the message: copying them is cheaper
+SIZE = 128 << 20           # a frontend's arena, in /dev/shm
+_ALIGN = 64
+
+
+class Arena:
+    def __init__(self, size: int):
+        self.segment = Segment.new(size)
+        self.name = os.path.basename(self.segment.path)   # its region name in the model process
+        # reserve the memory now: a /dev/shm too small fails here, not with SIGBUS on a later write
+        fd = os.open(self.segment.path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+        self.free: list[tuple[int, int]] = [(0, size)]   # (offset, size), by offset
+
+    @classmethod
+    def create(cls, size: int = SIZE) -> "Arena | None":
+        """An arena, or None where shared memory cannot hold one (the tensors then travel in messages)."""
+        try:
+            return cls(size)
+        except OSError as e:
+            log.warning("no tensor arena of %d MiB in shared memory (%s); tensors travel in messages",
+                        size >> 20, e)
+            return None
+
+    def place(self, request: InferRequest) -> list[tuple[int, int]]:
+        """Move the request's large inputs into the arena; the blocks they took."""
+        taken = []
+        for name, tensor in request.inputs.items():
+            if not isinstance(tensor, np.ndarray) or tensor.dtype == object or tensor.nbytes < SMALLEST:
+                continue
+            offset = self._take(tensor.nbytes)
+            if offset is None:
+                break
+            taken.append((offset, tensor.nbytes))
+            np.ndarray(tensor.shape, tensor.dtype, buffer=self.segment.map, offset=offset)[...] = tensor
+            request.inputs[name] = SharedInput(datatypes.of_array(tensor), tensor.shape,
+                                               RegionSlice(self.name, offset, tensor.nbytes), internal=True)
+        return taken
+
+    def give_back(self, taken: list[tuple[int, int]]) -> None:
+        for offset, size in taken:
+            self._give(offset, _aligned(size))
+
+    def _take(self, size: int) -> int | None:
+        size = _aligned(size)
+        for i, (offset, free) in enumerate(self.free):
+            if free >= size:
+                if free == size:
+                    del self.free[i]
+                else:
+                    self.free[i] = (offset + size, free - size)
+                return offset
+        return None
+
+    def _give(self, offset: int, size: int) -> None:
+        blocks = self.free
+        i = 0
+        while i < len(blocks) and blocks[i][0] < offset:
+            i += 1
+        blocks.insert(i, (offset, size))
+        # join with the next block, then with the previous one
+        if i + 1 < len(blocks) and offset + size == blocks[i + 1][0]:
+            blocks[i] = (offset, size + blocks[i + 1][1])
+            del blocks[i + 1]
+        if i > 0 and blocks[i - 1][0] + blocks[i - 1][1] == offset:
+            blocks[i - 1] = (blocks[i - 1][0], blocks[i - 1][1] + blocks[i][1])
+            del blocks[i]
+
+    def close(self) -> None:
+        self.segment.close(unlink=True)
+
+
+def _aligned(size: int) -> int:
+    return (size + _ALIGN - 1) & ~(_ALIGN - 1)
