@@ -11,7 +11,6 @@ import time
 import urllib.request
 
 import numpy as np
-import pytest
 
 from tests import models
 from tests.conftest import SHIPPED_REPOSITORY, NaiadServer, copy_model
