@@ -1,10 +1,15 @@
-"""A frontend process's tensor arena: one shared-memory file that the frontend writes large input
-tensors into and the model process reads them from in place, so that their bytes do not travel through
-the channel. The model process maps it as an internal shared-memory region; a request names its part
-of it as a SharedInput like a client's region, marked internal so that no client can name it.
+"""Tensor arenas: shared-memory files through which large tensors pass between a frontend process and
+the model process, so that their bytes do not travel through the channel. Each side writes into an
+arena of its own, and the other side only reads it.
 
-Space is taken when a request goes to the model process and given back when its reply comes, which
-is after the model is done with it. A tensor that does not fit travels in the message instead."""
+- A frontend's arena holds large inputs. The model process maps it as an internal shared-memory
+  region; a request names its part of it as a SharedInput like a client's region, marked internal so
+  that no client can name it. Space is taken when the request goes out and given back when its reply
+  comes, which is after the model is done with it.
+- The model process's arena for a frontend holds large outputs; the frontend copies them out as the
+  reply comes and gives the space back with a Release message.
+
+A tensor that does not fit travels in the message instead."""
 from __future__ import annotations
 
 import logging
@@ -45,19 +50,25 @@ class Arena:
                         size >> 20, e)
             return None
 
+    def put(self, array) -> int | None:
+        """Copy a large array into the arena: its offset; None when it is small, of BYTES, or does not
+        fit (it then travels in the message)."""
+        if not isinstance(array, np.ndarray) or array.dtype == object or array.nbytes < SMALLEST:
+            return None
+        offset = self._take(array.nbytes)
+        if offset is not None:
+            np.ndarray(array.shape, array.dtype, buffer=self.segment.map, offset=offset)[...] = array
+        return offset
+
     def place(self, request: InferRequest) -> list[tuple[int, int]]:
         """Move the request's large inputs into the arena; the blocks they took."""
         taken = []
         for name, tensor in request.inputs.items():
-            if not isinstance(tensor, np.ndarray) or tensor.dtype == object or tensor.nbytes < SMALLEST:
-                continue
-            offset = self._take(tensor.nbytes)
-            if offset is None:
-                break
-            taken.append((offset, tensor.nbytes))
-            np.ndarray(tensor.shape, tensor.dtype, buffer=self.segment.map, offset=offset)[...] = tensor
-            request.inputs[name] = SharedInput(datatypes.of_array(tensor), tensor.shape,
-                                               RegionSlice(self.name, offset, tensor.nbytes), internal=True)
+            offset = self.put(tensor)
+            if offset is not None:
+                taken.append((offset, tensor.nbytes))
+                request.inputs[name] = SharedInput(datatypes.of_array(tensor), tensor.shape,
+                                                   RegionSlice(self.name, offset, tensor.nbytes), internal=True)
         return taken
 
     def give_back(self, taken: list[tuple[int, int]]) -> None:

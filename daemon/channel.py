@@ -1,8 +1,8 @@
 """The channel between a frontend process and the process that owns the models: a Unix socket that
 carries length-prefixed pickled messages both ways. A frontend sends `Call`s (a DataPlane method and
 its arguments) and gets `Reply`s, matched by id, many in flight at once; the model process runs each
-call on its DataPlane. Tensors travel inside the messages (pickle protocol 5 writes numpy arrays'
-bytes as they are)."""
+call on its DataPlane. Small tensors travel inside the messages, large ones through the tensor arenas
+(arena.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +13,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from naiad.batching.processes import Segment
 from naiad.daemon.arena import Arena
 from naiad.daemon.dataplane import METHODS, DataPlane
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
-from naiad.daemon.inference import InferRequest
+from naiad.daemon.inference import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,21 @@ class Reply:
     id: int
     value: Any = None
     error: NaiadError | None = None
+
+
+@dataclass(slots=True)
+class ArenaOutput:
+    """An output the model process wrote into its arena for this frontend."""
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass(slots=True)
+class Release:
+    """From a frontend: it has copied these blocks of the model process's arena out."""
+    blocks: list[tuple[int, int]]
 
 
 @dataclass(slots=True)
@@ -96,8 +114,9 @@ class RemoteDataPlane:
     tensor arena, when there is one; their space comes back with the reply (the model is done then),
     not when the client goes away."""
 
-    def __init__(self, arena: Arena | None = None):
+    def __init__(self, arena: Arena | None = None, replies: Segment | None = None):
         self.arena = arena
+        self.replies = replies   # the model process's arena for this frontend, mapped
         self.pending: dict[int, tuple[asyncio.Future, list]] = {}   # id -> (future, arena blocks)
         self.next_id = 0
         self.lost = asyncio.Event()
@@ -120,12 +139,26 @@ class RemoteDataPlane:
         future, taken = self.pending.pop(reply.id, (None, ()))
         if taken:
             self.arena.give_back(taken)
+        if reply.error is None and isinstance(reply.value, tuple) and len(reply.value) == 2 \
+                and isinstance(reply.value[1], InferResponse):
+            self._copy_out(reply.value[1])
         if future is None or future.done():
             return
         if reply.error is not None:
             future.set_exception(reply.error)
         else:
             future.set_result(reply.value)
+
+    def _copy_out(self, response: InferResponse) -> None:
+        """Outputs in the model process's arena become arrays of their own; the space goes back."""
+        blocks = []
+        for name, output in response.outputs.items():
+            if isinstance(output, ArenaOutput):
+                response.outputs[name] = np.ndarray(output.shape, output.dtype, buffer=self.replies.map,
+                                                    offset=output.offset).copy()
+                blocks.append((output.offset, output.nbytes))
+        if blocks:
+            self.protocol.send(Release(blocks))
 
     def _lost(self) -> None:
         self.lost.set()
@@ -158,10 +191,11 @@ class PlaneServer:
     """Runs the calls of one frontend process on the DataPlane, each as its own task. `started` gets
     the frontend's Started message."""
 
-    def __init__(self, plane: DataPlane, started: asyncio.Future, on_lost):
+    def __init__(self, plane: DataPlane, started: asyncio.Future, on_lost, arena: Arena | None = None):
         self.plane = plane
         self.started = started
         self.on_lost = on_lost
+        self.arena = arena   # large outputs go back through it
         self.protocol = MessageProtocol(self._call, self._lost)
         self.running: set[asyncio.Task] = set()
 
@@ -172,7 +206,10 @@ class PlaneServer:
             return
         self.on_lost()
 
-    def _call(self, call: Call | Started) -> None:
+    def _call(self, call: Call | Started | Release) -> None:
+        if isinstance(call, Release):
+            self.arena.give_back(call.blocks)
+            return
         if isinstance(call, Started):
             if not self.started.done():
                 self.started.set_result(call)
@@ -194,4 +231,12 @@ class PlaneServer:
             log.exception("data-plane call %s failed", call.method)
             self.protocol.send(Reply(call.id, error=Internal(f"{type(e).__name__}: {e}")))
         else:
+            if self.arena is not None and call.method == "infer":
+                self._place_outputs(value[1])
             self.protocol.send(Reply(call.id, value))
+
+    def _place_outputs(self, response: InferResponse) -> None:
+        for name, output in response.outputs.items():
+            offset = self.arena.put(output)
+            if offset is not None:
+                response.outputs[name] = ArenaOutput(output.dtype, output.shape, offset, output.nbytes)

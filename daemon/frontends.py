@@ -7,7 +7,9 @@ A frontend that dies is started again; only the requests it held fail (their cli
 connection close). A frontend whose channel closes (the server is gone) exits. At SIGTERM the server
 asks each frontend to stop: it stops taking requests, lets those in flight finish, and exits.
 
-    python -m naiad.daemon.frontends FD SETTINGS     # started by the server, not by hand
+Large tensors pass through shared-memory arenas both ways (arena.py), the rest in the messages.
+
+    python -m naiad.daemon.frontends FD SETTINGS [ARENA SIZE]     # started by the server, not by hand
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import socket
 import subprocess
 import sys
 
+from naiad.batching.processes import Segment
 from naiad.daemon import grpc_frontend, http_frontend
 from naiad.daemon.arena import Arena
 from naiad.daemon.channel import PlaneServer, RemoteDataPlane, Started
@@ -79,13 +82,15 @@ class FrontendPool:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         encoded = base64.b64encode(pickle.dumps(self.settings)).decode()
+        replies = Arena.create()   # large outputs go back through it
+        where = [replies.segment.path, str(replies.segment.size)] if replies is not None else []
         process = subprocess.Popen([sys.executable, "-m", "naiad.daemon.frontends", str(theirs.fileno()),
-                                    encoded], pass_fds=(theirs.fileno(),))
+                                    encoded, *where], pass_fds=(theirs.fileno(),))
         theirs.close()
         self.processes[index] = process
         started = loop.create_future()
         arena = None
-        server = PlaneServer(self.plane, started, lambda: self._lost(index, process, arena))
+        server = PlaneServer(self.plane, started, lambda: self._lost(index, process, arena, replies), replies)
         await loop.create_connection(lambda: server.protocol, sock=ours)
         message: Started = await started
         if message.error is not None:
@@ -95,8 +100,11 @@ class FrontendPool:
             self.plane.shared_memory.add_internal(*arena)
         log.info("frontend process %d listening (pid %d)", index, process.pid)
 
-    def _lost(self, index: int, process: subprocess.Popen, arena: tuple[str, int] | None) -> None:
+    def _lost(self, index: int, process: subprocess.Popen, arena: tuple[str, int] | None,
+              replies: Arena | None) -> None:
         """A frontend's channel closed: it exited, or is about to."""
+        if replies is not None:
+            replies.close()
         if arena is not None:
             self.plane.shared_memory.remove_internal(arena[0])
             with contextlib.suppress(FileNotFoundError):
@@ -139,11 +147,11 @@ class FrontendPool:
 
 # --- the frontend process ------------------------------------------------------------------------
 
-async def _serve(fd: int, settings: Settings) -> None:
+async def _serve(fd: int, settings: Settings, replies: Segment | None) -> None:
     loop = asyncio.get_running_loop()
     fewer_collections()
     arena = Arena.create()
-    plane = RemoteDataPlane(arena)
+    plane = RemoteDataPlane(arena, replies)
     await loop.create_connection(lambda: plane.protocol, sock=socket.socket(fileno=fd))
     grpc_server = http_runner = None
     try:
@@ -175,11 +183,12 @@ async def _serve(fd: int, settings: Settings) -> None:
 
 def main(argv: list[str]) -> int:
     fd, settings = int(argv[0]), pickle.loads(base64.b64decode(argv[1]))
+    replies = Segment(argv[2], int(argv[3]), create=False) if len(argv) > 2 else None
     # Ctrl-C reaches the whole process group: the server decides when its frontends stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.DEBUG if settings.log_verbose else logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname).1s frontend[{os.getpid()}] %(name)s: %(message)s")
-    asyncio.run(_serve(fd, settings))
+    asyncio.run(_serve(fd, settings, replies))
     return 0
 
 
