@@ -67,8 +67,8 @@ class Arena:
             offset = self.put(tensor)
             if offset is not None:
                 taken.append((offset, tensor.nbytes))
-                request.inputs[name] = SharedInput(datatypes.of_array(tensor), tensor.shape,
-                                                   RegionSlice(self.name, offset, tensor.nbytes), internal=True)
+                where = RegionSlice(self.name, offset, tensor.nbytes)
+                request.inputs[name] = SharedInput(datatypes.of_array(tensor), tensor.shape, where, internal=True)
         return taken
 
     def give_back(self, taken: list[tuple[int, int]]) -> None:

@@ -117,7 +117,8 @@ class RemoteDataPlane:
     def __init__(self, arena: Arena | None = None, replies: Segment | None = None):
         self.arena = arena
         self.replies = replies   # the model process's arena for this frontend, mapped
-        self.pending: dict[int, tuple[asyncio.Future, list]] = {}   # id -> (future, arena blocks)
+        # id -> (the call's future, its method, the blocks of the arena its inputs took)
+        self.pending: dict[int, tuple[asyncio.Future, str, list]] = {}
         self.next_id = 0
         self.lost = asyncio.Event()
         self.protocol = MessageProtocol(self._reply, self._lost)
@@ -126,21 +127,22 @@ class RemoteDataPlane:
         taken = self.arena.place(request) if self.arena is not None else []
         return await self._call("infer", (request,), taken)
 
-    async def _call(self, method: str, args: tuple, taken: list = ()):
+    async def _call(self, method: str, args: tuple, taken: list | None = None):
         if self.lost.is_set():
             raise Unavailable("the server is shutting down")
         self.next_id += 1
         future = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = (future, taken)
+        self.pending[self.next_id] = (future, method, taken)
         self.protocol.send(Call(self.next_id, method, args))
         return await future
 
     def _reply(self, reply: Reply) -> None:
-        future, taken = self.pending.pop(reply.id, (None, ()))
+        """A call's answer; done here, whether or not anyone still awaits it (a client that went away),
+        so that the arenas' space always comes back."""
+        future, method, taken = self.pending.pop(reply.id, (None, "", None))
         if taken:
             self.arena.give_back(taken)
-        if reply.error is None and isinstance(reply.value, tuple) and len(reply.value) == 2 \
-                and isinstance(reply.value[1], InferResponse):
+        if method == "infer" and reply.error is None:
             self._copy_out(reply.value[1])
         if future is None or future.done():
             return
@@ -163,7 +165,7 @@ class RemoteDataPlane:
     def _lost(self) -> None:
         self.lost.set()
         error = Unavailable("the server's model process is gone")
-        for future, _ in self.pending.values():
+        for future, _, _ in self.pending.values():
             if not future.done():
                 future.set_exception(error)
         self.pending.clear()

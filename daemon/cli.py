@@ -24,6 +24,16 @@ def _flag_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="naiad", description="A model server that speaks Triton's "
                                      "protocol over gRPC and HTTP.")
@@ -59,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="let clients register system and CUDA shared-memory regions for tensors "
                             "(off by default: a region gives the client's tensors access to this "
                             "server's memory maps; turn it on for clients on this host you trust)")
-    serve.add_argument("--frontends", type=int, default=default_count(), metavar="N",
+    serve.add_argument("--frontends", type=_at_least_one, default=default_count(), metavar="N",
                        help="processes that share the gRPC and HTTP ports and do the wire work; 1 serves "
                             "them from the server's own process (default: one for every two cores, "
                             "at most 8; 1 on two cores or fewer: %(default)s here)")

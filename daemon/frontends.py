@@ -51,8 +51,9 @@ def default_count() -> int:
 
 def check_ports_free(settings: Settings) -> None:
     """Frontend processes share their ports: make sure no one else holds them first."""
-    for allowed, what, address, port in ((settings.allow_grpc, "gRPC", settings.grpc_address, settings.grpc_port),
-                                         (settings.allow_http, "HTTP", settings.http_address, settings.http_port)):
+    listeners = ((settings.allow_grpc, "gRPC", settings.grpc_address, settings.grpc_port),
+                 (settings.allow_http, "HTTP", settings.http_address, settings.http_port))
+    for allowed, what, address, port in listeners:
         if not allowed:
             continue
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -166,7 +167,7 @@ async def _serve(fd: int, settings: Settings, replies: Segment | None) -> None:
         if arena is not None:
             arena.close()
         return
-    plane.protocol.send(Started(arena=(arena.segment.path, arena.segment.size) if arena is not None else None))
+    plane.protocol.send(Started(arena=None if arena is None else (arena.segment.path, arena.segment.size)))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     lost = asyncio.ensure_future(plane.lost.wait())

@@ -185,7 +185,8 @@ class InferenceService:
         try:
             request = decode_request(message)
         except InvalidArgument:
-            await self.plane.model_metadata(message.model_name, message.model_version)  # an unknown model first
+            # an unknown model is the first thing to report
+            await self.plane.model_metadata(message.model_name, message.model_version)
             raise
         version, response = await self.plane.infer(request)
         return encode_response(request, version, response)

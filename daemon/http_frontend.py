@@ -283,7 +283,8 @@ class Endpoints:
             infer_request, binary_default = decode_request(
                 info["model"], info.get("version", ""), body, request.headers.get(HEADER_LENGTH))
         except InvalidArgument:
-            await self.plane.model_metadata(info["model"], info.get("version", ""))  # an unknown model first
+            # an unknown model is the first thing to report
+            await self.plane.model_metadata(info["model"], info.get("version", ""))
             raise
         version, response = await self.plane.infer(infer_request)
         return encode_response(infer_request, version, response, binary_default)

@@ -211,7 +211,8 @@ class SharedMemory:
         self.check_allowed()
         if name:
             self._find(kind, name)
-        for found in [r for r in self.regions.values() if isinstance(r, KINDS[kind]) and name in ("", r.name)]:
+        chosen = [r for r in self.regions.values() if isinstance(r, KINDS[kind]) and name in ("", r.name)]
+        for found in chosen:
             del self.regions[found.name]
             found.retire()
 

@@ -100,7 +100,8 @@ def test_a_killed_frontend_fails_only_its_requests_and_comes_back(tmp_path, star
     assert len(done) > served_before_check, "no request was served after the frontend came back"
     assert server.get("/v2/health/ready") == 200
     for _ in range(20):
-        assert post(server, "/v2/models/simple/infer", SIMPLE_BODY)["outputs"][0]["data"] == list(range(1, 17))
+        answer = post(server, "/v2/models/simple/infer", SIMPLE_BODY)
+        assert answer["outputs"][0]["data"] == list(range(1, 17))
     assert server.process.poll() is None
 
 
