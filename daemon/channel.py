@@ -124,7 +124,7 @@ class MessageProtocol(asyncio.Protocol):
         del buffer[:start]
 
     def send(self, message) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if self.closed:
             return
         data = pickle.dumps(message, protocol=5)
         if not self.outgoing:
@@ -135,6 +135,10 @@ class MessageProtocol(asyncio.Protocol):
         if not self.transport.is_closing():
             self.transport.write(b"".join(self.outgoing))
         self.outgoing.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def connection_lost(self, exc) -> None:
         self.on_lost()
@@ -272,7 +276,7 @@ class PlaneServer:
         else:
             if infer:
                 version, response = value
-                if self.arena is not None:
+                if self.arena is not None and not self.protocol.closed:
                     self._place_outputs(response)
                 value = (version, pack_response(response))
             self.protocol.send(Reply(call.id, value))

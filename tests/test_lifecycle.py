@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
 
 from tests import models
 from tests.conftest import SHIPPED_REPOSITORY, NaiadServer, copy_model
@@ -134,3 +135,21 @@ def test_large_tensors_cross_the_frontends_intact(repository, start_server):
         for sent, received in zip(arrays, pool.map(one, arrays)):
             np.testing.assert_array_equal(received, sent)
     assert "no tensor arena" not in server.log()
+
+
+def test_clients_cannot_name_a_frontends_arena(tmp_path, start_server):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    repository = tmp_path / "models"
+    copy_model(SHIPPED_REPOSITORY, "simple", repository)
+    server = start_server(repository, "--frontends", "2", "--allow-client-shm", "true")
+    arenas = [f"naiad-{pid}-0" for pid in frontend_pids(server).values()]
+    assert all(os.path.exists(f"/dev/shm/{name}") for name in arenas)
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        for name in arenas:
+            inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+            for tensor in inputs:
+                tensor.set_shared_memory(name, 64)
+            with pytest.raises(InferenceServerException, match=f"no shared-memory region '{name}'"):
+                client.infer("simple", inputs)
