@@ -27,7 +27,7 @@ from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstan
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import datatypes
 from naiad.daemon.cuda import DeviceArray
-from naiad.daemon.errors import ConfigError, Internal, NaiadError
+from naiad.daemon.errors import ConfigError, Internal
 from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.model_config import ModelConfig
 
@@ -194,25 +194,22 @@ class PyTorchInstance(TensorInstance):
         return tensors
 
     def _gather(self, name: str, parts: list):
+        """The batch's input, joined along the first dimension, on the instance's device."""
         torch = self.torch
-        if self.gpu is None:
-            arrays = [to_host(p) for p in parts]
-            return _from_numpy(torch, arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
-        if all(isinstance(p, DeviceArray) and p.device_id == self.gpu for p in parts):
+        if self.gpu is not None and all(isinstance(p, DeviceArray) and p.device_id == self.gpu for p in parts):
             views = [_from_device(torch, p, self.device) for p in parts]
             return views[0] if len(views) == 1 else torch.cat(views)
-        shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:]) if len(parts) > 1 else parts[0].shape
-        dtype = parts[0].dtype
-        staged = self._staging_buffer(name, shape, dtype)
-        at = 0
-        for part in parts:
-            rows = part.shape[0] if len(parts) > 1 else None
-            target = staged[at:at + rows] if rows is not None else staged
-            target[...] = to_host(part)
-            at += rows or 0
-        pinned = _from_numpy(torch, staged)
+        host = [to_host(p) for p in parts]
+        if self.gpu is None:
+            return _from_numpy(torch, host[0] if len(host) == 1 else np.concatenate(host))
+        shape = host[0].shape if len(host) == 1 else (sum(h.shape[0] for h in host), *host[0].shape[1:])
+        staged = self._staging_buffer(name, shape, host[0].dtype)
+        if len(host) == 1:
+            staged[...] = host[0]
+        else:
+            np.concatenate(host, out=staged)
         with torch.cuda.stream(self.stream):
-            return pinned.to(self.device, non_blocking=True)
+            return _from_numpy(torch, staged).to(self.device, non_blocking=True)
 
     def _staging_buffer(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """A pinned host array of this shape and type, reusing the input's buffer when it is big
@@ -263,31 +260,16 @@ class PyTorchInstance(TensorInstance):
                     batch[name] = self._download(tensor)
         if self.stream is not None:
             self.stream.synchronize()
-        host = {name: _to_numpy(self.torch, t) for name, t in batch.items() if t.device.type == "cpu"}
-        device = {name: t for name, t in batch.items() if t.device.type != "cpu"}
-        responses, start = [], 0
-        for request in requests:
-            end = start + request.batch_size
-            whole = len(requests) == 1
-            own = {name: array if whole else array[start:end] for name, array in host.items()}
-            for name, tensor in device.items():
-                own[name] = DeviceArray.of(tensor if whole else tensor[start:end], self.gpu,
-                                           _numpy_dtype(tensor.dtype))
-            responses.append(self._response(request, own))
-            start = end
-        return responses
+        return super().finish(requests, {
+            name: _to_numpy(self.torch, t) if t.device.type == "cpu"
+            else DeviceArray.of(t, self.gpu, _numpy_dtype(t.dtype))
+            for name, t in batch.items()})
 
     def _download(self, tensor):
         if tensor.device.type == "cpu":
             return tensor
         host = self.torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         return host.copy_(tensor, non_blocking=True)
-
-    def _response(self, request: InferRequest, outputs: dict) -> InferResponse:
-        try:
-            return self.checker.response(request, outputs)
-        except NaiadError as e:
-            return InferResponse(error=e)
 
 
 def _from_numpy(torch, array: np.ndarray):

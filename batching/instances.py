@@ -80,9 +80,7 @@ def execute(model_name: str, instance: ModelInstance, requests: list[InferReques
         result = instance.run(prepared)
         t2 = time.perf_counter_ns()
         responses = instance.finish(requests, result)
-        for request, response in zip(requests, responses):
-            if request.output_places:
-                place_outputs(request, response)
+        place_outputs(requests, responses)
     except NaiadError as e:
         responses = failed(requests, e)
     except Exception as e:  # the model's own failure: fail this batch, keep serving

@@ -295,9 +295,7 @@ class ProcessWorker:
             else:
                 outputs = dict(read_tensor(source, d, copy=True) for d in answer["outputs"])
                 responses.append(InferResponse(outputs, parameters=answer["parameters"]))
-        for pending, response in zip(batch, responses):
-            if pending.request.output_places:
-                place_outputs(pending.request, response)
+        place_outputs([p.request for p in batch], responses)
         if "inline" in message:  # they did not fit: give the next batch more room
             self.outputs.close(unlink=True)
             self.outputs = Segment.new(max(len(message["inline"]), 2 * self.outputs.size))

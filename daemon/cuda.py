@@ -130,6 +130,15 @@ class DeviceArray:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def __getitem__(self, rows: slice) -> "DeviceArray":
+        """Rows along the first dimension (a view): `array[start:end]`."""
+        start, end, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("device arrays are sliced in steps of one row")
+        row_bytes = self.nbytes // self.shape[0] if self.shape[0] else 0
+        return DeviceArray(self.pointer + start * row_bytes, (max(end - start, 0), *self.shape[1:]),
+                           self.dtype, self.device_id, self.owner)
+
     def reshape(self, shape) -> "DeviceArray":
         return DeviceArray(self.pointer, tuple(shape), self.dtype, self.device_id, self.owner)
 

@@ -88,18 +88,19 @@ class InferResponse:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def place_outputs(request: InferRequest, response: InferResponse) -> None:
-    """Write the outputs that the request placed in shared memory there; the response then describes
-    them. A write that fails fails the response."""
-    if response.error is not None:
-        return
-    try:
-        for name, place in request.output_places.items():
-            tensor = response.outputs.get(name)
-            if tensor is not None and not isinstance(tensor, Placed):
-                response.outputs[name] = place.write(name, tensor)
-    except NaiadError as e:
-        response.outputs, response.error = {}, e
+def place_outputs(requests: list[InferRequest], responses: list[InferResponse]) -> None:
+    """Write the outputs that each request placed in shared memory there; its response then describes
+    them. A write that fails fails that response."""
+    for request, response in zip(requests, responses):
+        if not request.output_places or response.error is not None:
+            continue
+        try:
+            for name, place in request.output_places.items():
+                tensor = response.outputs.get(name)
+                if tensor is not None and not isinstance(tensor, Placed):
+                    response.outputs[name] = place.write(name, tensor)
+        except NaiadError as e:
+            response.outputs, response.error = {}, e
 
 
 def check_tensor_parameters(kind: str, name: str, parameters) -> None:

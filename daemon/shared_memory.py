@@ -39,13 +39,15 @@ class Region:
 
     def release(self) -> None:
         self.users -= 1
-        if self.unregistered and self.users == 0:
-            self._release_memory()
+        self._unmap_if_unused()
 
     def retire(self) -> None:
         """No longer for new requests; unmapped once those using it are done."""
         self.unregistered = True
-        if self.users == 0:
+        self._unmap_if_unused()
+
+    def _unmap_if_unused(self) -> None:
+        if self.unregistered and self.users == 0:
             self._release_memory()
 
     def check(self, kind: str, name: str, where: RegionSlice) -> None:
