@@ -4,31 +4,33 @@ from __future__ import annotations
 
 import asyncio
 
-from naiad import backends
 from naiad.backends.base import ModelFiles
 from naiad.batching.dynamic import DynamicScheduler
-from naiad.batching.instances import InlineWorker, Worker, instance_specs
+from naiad.batching.instances import InlineWorker, Limits, Worker, create_in_thread, instance_specs
 from naiad.batching.processes import ProcessWorker
 from naiad.batching.scheduler import DirectScheduler, Scheduler
 from naiad.daemon.statistics import ModelStatistics
 
 
-def create_workers(files: ModelFiles, execution: str, gpu_count: int,
-                   loop: asyncio.AbstractEventLoop) -> list:
-    """Every instance the configuration asks for, each with its worker (blocking: runs the model's
-    own set-up code, or starts its processes). On a failure, those made so far are stopped."""
+async def create_workers(files: ModelFiles, execution: str, gpu_count: int) -> list:
+    """Every instance the configuration asks for, each with its worker, set up (the model's own set-up
+    code runs off the event loop, each instance within load_timeout_seconds). On a failure or when
+    cancelled, those made so far are stopped and nothing is left running."""
+    loop = asyncio.get_running_loop()
+    limits = Limits.of(files.config)
     made = []
     try:
         for spec in instance_specs(files.config, gpu_count):
             if execution == "process":
-                made.append(ProcessWorker(files, spec, loop))
+                worker = ProcessWorker(files, spec, loop, limits)
+                await worker.start()
             else:
-                instance = backends.get(files.config.backend).create_instance(files, spec)
+                instance = await create_in_thread(files, spec, loop, limits)
                 worker_class = InlineWorker if execution == "inline" else Worker
-                made.append(worker_class(files.name, spec.name, instance, loop))
+                worker = worker_class(files.name, spec.name, instance, loop, limits)
+            made.append(worker)
     except BaseException:
-        for worker in made:
-            worker.stop()
+        await asyncio.gather(*(worker.stop(limits.wait) for worker in made), return_exceptions=True)
         raise
     return made
 
@@ -37,5 +39,8 @@ def make_scheduler(files: ModelFiles, execution: str, workers: list, stats: Mode
     """The dynamic batcher when the configuration has `dynamic_batching`, else direct scheduling.
     Called on the event loop."""
     if files.config.dynamic_batching is not None:
-        return DynamicScheduler(files.name, workers, stats, files.config)
-    return DirectScheduler(files.name, workers, stats, inline=execution == "inline")
+        scheduler = DynamicScheduler(files.name, workers, stats, files.config)
+    else:
+        scheduler = DirectScheduler(files.name, workers, stats, inline=execution == "inline")
+    scheduler.instance_wait_seconds = Limits.of(files.config).wait
+    return scheduler

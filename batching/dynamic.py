@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 
 from naiad.batching.instances import Pending
 from naiad.batching.scheduler import Scheduler
@@ -36,8 +37,9 @@ class LevelQueue:
 class DynamicScheduler(Scheduler):
     depth = 1  # a batch is formed only when a worker is free to run it: batches grow meanwhile
 
-    def __init__(self, model_name: str, workers: list, stats: ModelStatistics, config: ModelConfig):
-        super().__init__(model_name, workers, stats)
+    def __init__(self, model_name: str, workers: list, stats: ModelStatistics, config: ModelConfig,
+                 clock: Callable[[], int] = time.perf_counter_ns):
+        super().__init__(model_name, workers, stats, clock)
         batching = config.dynamic_batching
         self.max_batch_size = config.max_batch_size
         self.preferred = set(batching.preferred_batch_size)
@@ -52,6 +54,9 @@ class DynamicScheduler(Scheduler):
         self.preserve_ordering = batching.preserve_ordering
         self.arrivals = 0          # requests numbered in arrival order
         self.next_release = 0      # with preserve_ordering: the number whose response goes out next
+        # With preserve_ordering, the reorder buffer: for numbers from next_release on, the response
+        # of a request still waiting for it, or None for a request that has ended (answered by the
+        # queue, or cancelled). It never holds more than the requests in flight.
         self.held: dict[int, tuple[Pending, InferResponse] | None] = {}
         self.timer = None
         self.timer_ns = 0
@@ -103,7 +108,7 @@ class DynamicScheduler(Scheduler):
     # --- forming batches --------------------------------------------------------------------------
 
     def _next_batch(self) -> list[Pending] | None:
-        now = time.perf_counter_ns()
+        now = self.clock()
         if self.timeouts:
             self._expire(now)
         batch: list[Pending] = []
@@ -171,18 +176,20 @@ class DynamicScheduler(Scheduler):
             self._wake_at(min(upcoming))
 
     def _wake_at(self, when_ns: int) -> None:
-        """Look at the queue again at `when_ns` (perf_counter time), unless already due sooner."""
+        """Look at the queue again at `when_ns` (the scheduler's clock), unless already due sooner.
+        The timer is the event loop's: it may fire early (the loop's clock is not ours), so whatever
+        it wakes checks the time again."""
         if self.timer is not None and self.timer_ns <= when_ns:
             return
         if self.timer is not None:
             self.timer.cancel()
         self.timer_ns = when_ns
-        self.timer = self.loop.call_later(max(when_ns - time.perf_counter_ns(), 0) / 1e9, self._on_timer)
+        self.timer = self.loop.call_later(max(when_ns - self.clock(), 0) / 1e9, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
         if self.timeouts:
-            self._expire(time.perf_counter_ns())
+            self._expire(self.clock())
         self._dispatch()
 
     # --- responses --------------------------------------------------------------------------------
@@ -191,13 +198,16 @@ class DynamicScheduler(Scheduler):
         if not self.preserve_ordering:
             return super()._deliver(batch, responses)
         for pending, response in zip(batch, responses):
-            self.held[pending.order] = (pending, response)
+            # A request that ended while it ran (its client went away) has no one to answer: its
+            # place is released by _forget, and its response must not wait in the buffer for it.
+            if not pending.future.done():
+                self.held[pending.order] = (pending, response)
         self._release()
 
     def _forget(self, future, order: int) -> None:
         """With preserve_ordering: a request that ends without a response of ours (cancelled, or
-        rejected in the queue) must not hold back the ones after it."""
-        if order >= self.next_release and order not in self.held:
+        rejected in the queue) must not hold back the ones after it, nor leave its response held."""
+        if order >= self.next_release:
             self.held[order] = None
             self._release()
 

@@ -6,6 +6,14 @@ memory files per instance, both owned by the parent: inputs (parent writes, the 
 place) and outputs (the child writes, the parent copies them out). The event loop watches the reply
 pipe, so a batch costs two process wake-ups and no thread. A process that dies fails only the batch
 it held; it is started again, and the model's readiness says so until it is back.
+
+Shared memory is reserved before it is used (posix_fallocate): where /dev/shm is too small, the batch
+that needed the room fails with a message that says so, instead of the server dying of SIGBUS. A
+segment grown past KEEP_SEGMENT_BYTES for one large batch is given back after it.
+
+Each worker's life (start, restart with backoff, stop) runs on the event loop and is owned by its
+ProcessWorker; a child process and the parent's ends of its pipes are owned by one _Child, which
+closes each descriptor exactly once.
 """
 from __future__ import annotations
 
@@ -20,22 +28,24 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from itertools import count
+from typing import Callable
 
 import numpy as np
 
 from naiad.backends.base import InstanceSpec, ModelFiles, failed, to_host
-from naiad.batching.instances import Done, Pending, Timings
+from naiad.batching.instances import Done, Limits, Pending, Timings, now_timings
 from naiad.daemon import datatypes
-from naiad.daemon.errors import ConfigError, Internal
+from naiad.daemon.errors import ConfigError, Internal, NaiadError, Unavailable
 from naiad.daemon.inference import InferResponse, place_outputs
 
 log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 FIRST_SEGMENT_BYTES = 1 << 20
+KEEP_SEGMENT_BYTES = 16 << 20   # a segment grown past this for one batch is given back after it
+START_SECONDS = 60.0            # how long a new worker process may take to start Python and naiad
 _LENGTH = struct.Struct("<Q")
 _READ_BYTES = 1 << 16
 _names = count()
@@ -85,14 +95,19 @@ class Receiver:
 
 
 class Segment:
-    """A shared-memory file, mapped."""
+    """A shared-memory file, mapped. One this process creates has its memory reserved at once: a full
+    /dev/shm is then an OSError here, never a SIGBUS at a later write."""
 
     def __init__(self, path: str, size: int, create: bool):
         fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
         try:
             if create:
-                os.ftruncate(fd, size)
+                os.posix_fallocate(fd, 0, size)
             self.map = mmap.mmap(fd, size)
+        except BaseException:
+            if create:
+                os.unlink(path)
+            raise
         finally:
             os.close(fd)
         self.path, self.size = path, size
@@ -126,6 +141,19 @@ def remove_stale_segments() -> None:
                 os.unlink(os.path.join(SHM_DIR, name))
         except PermissionError:  # alive, another user's
             pass
+
+
+def shm_space_error(model_name: str, what: str, needed: int, error: OSError) -> Unavailable:
+    """The error of a batch whose tensors do not fit the shared memory this machine has left."""
+    try:
+        stats = os.statvfs(SHM_DIR)
+        room = (f"{SHM_DIR} has {stats.f_bavail * stats.f_frsize / 2**20:.1f} MiB free of "
+                f"{stats.f_blocks * stats.f_frsize / 2**20:.1f} MiB")
+    except OSError:
+        room = f"{SHM_DIR} cannot hold it"
+    return Unavailable(f"model '{model_name}': {what} need {needed / 2**20:.1f} MiB of shared memory and "
+                       f"{room} ({error.strerror or error}); make {SHM_DIR} larger (docker run "
+                       f"--shm-size, or a memory-backed emptyDir in Kubernetes) or send smaller batches")
 
 
 def tensor_bytes(array: np.ndarray) -> int | bytes:
@@ -185,79 +213,285 @@ def _describe_exit(status: int | None) -> str:
     return f"exit status {status}"
 
 
+class _Child:
+    """A worker process and the parent's ends of its two pipes. Each descriptor is closed once, by
+    `close` (the request pipe possibly earlier, by `end_requests`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.request_fd = self.reply_fd = -1
+        self.watched = False
+        request_read, request_write = os.pipe()
+        try:
+            reply_read, reply_write = os.pipe()
+        except BaseException:
+            os.close(request_read)
+            os.close(request_write)
+            raise
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "naiad.batching.worker_process", str(request_read), str(reply_write)],
+                pass_fds=(request_read, reply_write))
+        except BaseException:
+            os.close(request_write)
+            os.close(reply_read)
+            raise
+        finally:
+            os.close(request_read)
+            os.close(reply_write)
+        self.request_fd, self.reply_fd = request_write, reply_read
+        os.set_blocking(reply_read, False)
+        self.replies = Receiver(reply_read)
+
+    def watch(self, on_readable: Callable[[], None]) -> None:
+        self.unwatch()
+        self.loop.add_reader(self.reply_fd, on_readable)
+        self.watched = True
+
+    def unwatch(self) -> None:
+        if self.watched:
+            self.loop.remove_reader(self.reply_fd)
+            self.watched = False
+
+    def read(self) -> bool:
+        """What the reply pipe holds; False at its end (the process exited)."""
+        try:
+            return self.replies.read()
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def send(self, message) -> None:
+        send(self.request_fd, message)
+
+    def end_requests(self) -> None:
+        """Close the request pipe: the process finishes its batch, runs finalize and exits."""
+        if self.request_fd >= 0:
+            os.close(self.request_fd)
+            self.request_fd = -1
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+    def close(self) -> None:
+        self.unwatch()
+        self.end_requests()
+        if self.reply_fd >= 0:
+            os.close(self.reply_fd)
+            self.reply_fd = -1
+
+    async def exited(self, timeout: float) -> int | None:
+        """Its exit status once it has exited, waiting up to `timeout` s; None if it has not."""
+        deadline = time.monotonic() + timeout
+        while (status := self.process.poll()) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return status
+
+    def end(self) -> int:
+        """Kill it if it still runs, reap it, close the pipes: its exit status."""
+        self.kill()
+        status = self.process.wait()  # at once after SIGKILL
+        self.close()
+        return status
+
+
 class ProcessWorker:
-    """One instance in a child process (`python -m naiad.batching.worker_process`)."""
+    """One instance in a child process (`python -m naiad.batching.worker_process`). Made on the event
+    loop; `await start()` sets it up, `await stop()` ends it."""
 
     depth = 1  # one batch at a time: its tensors occupy the shared memory until it is done
 
-    def __init__(self, files: ModelFiles, spec: InstanceSpec, loop: asyncio.AbstractEventLoop):
+    def __init__(self, files: ModelFiles, spec: InstanceSpec, loop: asyncio.AbstractEventLoop,
+                 limits: Limits = Limits()):
         self.files = files
         self.spec = spec
         self.model_name = files.name
         self.name = spec.name
         self.loop = loop
+        self.limits = limits
         self.on_done: Done | None = None
-        self.on_available = None
+        self.on_change: Callable[[], None] | None = None
         self.in_hand = 0
         self.available = False
+        self.trouble = "it is starting"
+        self.expected_back = True
         self.stopping = False
+        self.child: _Child | None = None
         self.batch: list[Pending] | None = None
-        self.inputs = Segment.new(FIRST_SEGMENT_BYTES)
-        self.outputs = Segment.new(FIRST_SEGMENT_BYTES)
+        self.timer: asyncio.TimerHandle | None = None
+        self.cause = ""     # why we ended the process ourselves, for the log and the batch's error
+        self.recovering: asyncio.Task | None = None
+        self.inputs: Segment | None = None
+        self.outputs: Segment | None = None
         self.sent_segments: tuple | None = None
+
+    # --- start and restart ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the process and set the model up in it; raises ConfigError with the reasons when it
+        cannot. Nothing is left running when it fails."""
         try:
-            self._start()  # blocking; raises when the model fails to set itself up
+            self.inputs = Segment.new(FIRST_SEGMENT_BYTES)
+            self.outputs = Segment.new(FIRST_SEGMENT_BYTES)
+        except OSError as e:
+            self._drop_segments()
+            raise ConfigError([f"instance '{self.name}': {shm_space_error(self.model_name, 'its inputs and outputs', 2 * FIRST_SEGMENT_BYTES, e).message}"]) from None
+        try:
+            self.child = await self._spawn()
         except BaseException:
-            self.inputs.close(unlink=True)
-            self.outputs.close(unlink=True)
+            self._drop_segments()
             raise
 
-    def _start(self) -> None:
-        """Start the process and set the model up in it (blocking); raises ConfigError with the
-        model's own reasons when it cannot."""
-        request_read, self.request_fd = os.pipe()
-        self.reply_fd, reply_write = os.pipe()
+    async def _spawn(self) -> _Child:
+        """A new process with the model set up in it, within load_timeout_seconds; raises ConfigError
+        with the model's own reasons when it cannot, and leaves no process behind."""
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "naiad.batching.worker_process", str(request_read), str(reply_write)],
-                pass_fds=(request_read, reply_write))
-        finally:
-            os.close(request_read)
-            os.close(reply_write)
+            child = _Child(self.loop)
+        except OSError as e:
+            raise ConfigError([f"instance '{self.name}': cannot start a worker process: {e}"]) from None
         self.sent_segments = None
-        self.replies = Receiver(self.reply_fd)
+        setting_up = False
         try:
-            send(self.request_fd, {"files": self.files, "spec": self.spec,
-                                   "log_level": logging.getLogger().getEffectiveLevel()})
-            answer = self.replies.receive()
-        except OSError:
-            answer = None
+            child.send({"files": self.files, "spec": self.spec,
+                        "log_level": logging.getLogger().getEffectiveLevel()})
+            # the process says when it has started and begins the model's set-up: only that is timed
+            answer = await asyncio.wait_for(self._next_message(child), START_SECONDS)
+            if answer is not None and "setting_up" in answer:
+                setting_up = True
+                answer = await asyncio.wait_for(self._next_message(child), self.limits.load)
+        except BaseException as e:
+            child.end()
+            if isinstance(e, TimeoutError):
+                raise ConfigError([f"instance '{self.name}': the model's set-up (initialize) did not finish "
+                                   f"within load_timeout_seconds ({self.limits.load:g} s); its worker "
+                                   f"process was killed" if setting_up else
+                                   f"instance '{self.name}': its worker process did not start within "
+                                   f"{START_SECONDS:g} s; it was killed"]) from None
+            if isinstance(e, OSError):
+                answer = None
+            else:
+                raise
         if answer is None or "error" in answer:
-            self._close_pipes()
-            self.process.kill()
-            self.process.wait()
+            status = child.end()
             raise ConfigError(answer["error"] if answer else [
-                f"the worker process ended ({_describe_exit(self.process.returncode)}) before the "
+                f"instance '{self.name}': the worker process ended ({_describe_exit(status)}) before the "
                 f"model was set up; its output is in the server's log"])
+        return child
 
-    def attach(self, on_done: Done, on_available) -> None:
+    async def _next_message(self, child: _Child) -> dict | None:
+        """The process's next message (None at the end of its pipe), while it sets up."""
+        for message in child.replies.messages():  # read already, with the one before
+            return message
+        answered = self.loop.create_future()
+
+        def readable() -> None:
+            alive = child.read()
+            for message in child.replies.messages():
+                if not answered.done():
+                    answered.set_result(message)
+                return  # the next stays in the buffer
+            if not alive and not answered.done():
+                answered.set_result(None)
+
+        child.watch(readable)
+        try:
+            return await answered
+        finally:
+            child.unwatch()
+
+    def attach(self, on_done: Done, on_change: Callable[[], None]) -> None:
         """Start answering, from the event loop."""
-        self.on_done, self.on_available = on_done, on_available
-        self._watch()
+        self.on_done, self.on_change = on_done, on_change
+        self._serve()
 
-    def _watch(self) -> None:
-        os.set_blocking(self.reply_fd, False)
-        self.loop.add_reader(self.reply_fd, self._readable)
-        self.available = True
+    def _serve(self) -> None:
+        self.child.watch(self._readable)
+        self.available, self.trouble, self.expected_back, self.cause = True, "", True, ""
+
+    def _lost(self) -> None:
+        """The reply pipe ended: the process exited or is exiting. Start it again, unless stopping."""
+        self._cancel_timer()
+        child, self.child = self.child, None
+        child.unwatch()
+        self.available = False
+        if self.stopping:
+            self.child = child  # stop() reaps it
+            return
+        self.trouble = "its worker process is being started again"
+        self.recovering = self.loop.create_task(self._recover(child))
+        self.on_change()
+
+    async def _recover(self, child: _Child) -> None:
+        try:
+            await child.exited(1.0)
+        finally:
+            status = child.end()  # killed if it still runs a second after closing its pipe
+        why = self.cause or _describe_exit(status)
+        self.cause = ""
+        log.error("model '%s': the worker process of instance '%s' died (%s); starting it again",
+                  self.model_name, self.name, why)
+        batch, self.batch = self.batch, None
+        if batch:
+            error = Internal(f"the worker process of model '{self.model_name}' (instance '{self.name}') "
+                             f"died ({why}) while it ran this request; it is being started again")
+            self.on_done(self, batch, failed([p.request for p in batch], error), now_timings())
+        wait = 0.5
+        while True:
+            try:
+                self.child = await self._spawn()
+                break
+            except ConfigError as e:
+                log.error("model '%s': instance '%s' failed to start again: %s; next try in %.1f s",
+                          self.model_name, self.name, e, wait)
+                self.trouble = f"its worker process failed to start again ({e}); next try in {wait:.1f} s"
+                self.expected_back = False
+                self.on_change()
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 30)
+        self.recovering = None
+        self._serve()
+        log.info("model '%s': instance '%s' is serving again", self.model_name, self.name)
+        self.on_change()
+
+    # --- batches ----------------------------------------------------------------------------------
 
     def run(self, batch: list[Pending]) -> None:
         self.batch = batch
+        try:
+            message = self._hand_over(batch)
+        except Exception as e:  # out of shared memory, of descriptors...: this batch fails, no more
+            self.batch = None
+            if not isinstance(e, NaiadError):
+                log.error("model '%s': handing a batch to instance '%s' failed: %s: %s",
+                          self.model_name, self.name, type(e).__name__, e)
+                e = Internal(f"model '{self.model_name}': handing the batch to the worker process of "
+                             f"instance '{self.name}' failed: {type(e).__name__}: {e}")
+            self.loop.call_soon(self.on_done, self, batch, failed([p.request for p in batch], e), now_timings())
+            return
+        try:
+            self.child.send(message)
+        except OSError as e:  # it died, or the pipe is in an unknown state: end it (the restart follows)
+            self.cause = f"the request pipe failed: {e}"
+            self.child.kill()
+            return
+        if self.limits.execution:
+            self.timer = self.loop.call_later(self.limits.execution, self._overdue)
+
+    def _hand_over(self, batch: list[Pending]) -> dict:
+        """Write the batch's inputs into the input segment (grown if needed): the message for it."""
         named = [(n, to_host(a)) for p in batch for n, a in p.request.inputs.items()]
         raws = [tensor_bytes(a) for _, a in named]
         needed = layout_size(raws)
         if needed > self.inputs.size:
+            grown = max(needed, 2 * self.inputs.size)
+            try:
+                segment = Segment.new(grown if grown <= KEEP_SEGMENT_BYTES else needed)
+            except OSError as e:
+                raise shm_space_error(self.model_name, "the batch's inputs", needed, e) from None
             self.inputs.close(unlink=True)
-            self.inputs = Segment.new(max(needed, 2 * self.inputs.size))
+            self.inputs = segment
         described, _ = write_tensors(self.inputs, named, raws)
         requests, at = [], 0
         for p in batch:
@@ -266,107 +500,138 @@ class ProcessWorker:
             requests.append((r.model_name, r.model_version, r.id, r.parameters, r.output_names,
                              r.batch_size, described[at:at + n]))
             at += n
-        segments = (self.inputs.path, self.inputs.size, self.outputs.path, self.outputs.size)
         message = {"requests": requests}
+        segments = self._segments()
         if segments != self.sent_segments:
             message["segments"] = self.sent_segments = segments
-        try:
-            send(self.request_fd, message)
-        except OSError:  # the process just died: the end of its reply pipe fails this batch
-            pass
+        return message
+
+    def _segments(self) -> tuple:
+        return self.inputs.path, self.inputs.size, self.outputs.path, self.outputs.size
 
     def _readable(self) -> None:
+        alive = self.child.read()
         try:
-            if not self.replies.read():
-                self._ended()
-                return
-        except BlockingIOError:
-            return
-        for message in self.replies.messages():
-            self._answer(message)
+            for message in self.child.replies.messages():
+                self._answer(message)
+        except Exception as e:  # not a message of ours: the process is in an unknown state
+            log.error("model '%s': unreadable answer from instance '%s': %s", self.model_name, self.name, e)
+            self.cause = f"its answer could not be read: {type(e).__name__}: {e}"
+            self.child.kill()
+        if not alive:
+            self._lost()
 
     def _answer(self, message: dict) -> None:
+        self._cancel_timer()
         batch, self.batch = self.batch, None
-        source = message.get("inline") or self.outputs.map
-        responses = []
-        for answer in message["responses"]:
-            if "error" in answer:
-                responses.append(InferResponse(error=answer["error"]))
-            else:
-                outputs = dict(read_tensor(source, d, copy=True) for d in answer["outputs"])
-                responses.append(InferResponse(outputs, parameters=answer["parameters"]))
-        place_outputs([p.request for p in batch], responses)
-        if "inline" in message:  # they did not fit: give the next batch more room
-            self.outputs.close(unlink=True)
-            self.outputs = Segment.new(max(len(message["inline"]), 2 * self.outputs.size))
-        self.on_done(self, batch, responses, Timings(*message["timings"]))
-
-    def _ended(self) -> None:
-        """The reply pipe closed: the process exited."""
-        self.loop.remove_reader(self.reply_fd)
-        os.close(self.reply_fd)
-        self.available = False
-        if self.stopping:
+        if batch is None:  # answered already
             return
-        status = self.process.poll()
-        if status is None:
-            try:
-                status = self.process.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                status = None
-        why = _describe_exit(status)
-        log.error("model '%s': the worker process of instance '%s' died (%s); starting it again",
-                  self.model_name, self.name, why)
-        batch, self.batch = self.batch, None
-        if batch:
-            error = Internal(f"the worker process of model '{self.model_name}' (instance '{self.name}') "
-                             f"died ({why}) while it ran this request; it is being started again")
-            self.on_done(self, batch, failed([p.request for p in batch], error),
-                         Timings(time.perf_counter_ns(), 0, 0, 0))
-        os.close(self.request_fd)
-        threading.Thread(target=self._restart, name=f"naiad-restart-{self.name}", daemon=True).start()
+        try:
+            source = message.get("inline") or self.outputs.map
+            responses = []
+            for answer in message["responses"]:
+                if "error" in answer:
+                    responses.append(InferResponse(error=answer["error"]))
+                else:
+                    outputs = dict(read_tensor(source, d, copy=True) for d in answer["outputs"])
+                    responses.append(InferResponse(outputs, parameters=answer["parameters"]))
+            place_outputs([p.request for p in batch], responses)
+            timings = Timings(*message["timings"])
+        except Exception as e:
+            log.exception("model '%s': reading the answer of instance '%s' failed", self.model_name, self.name)
+            responses = failed([p.request for p in batch], Internal(
+                f"model '{self.model_name}': reading the answer of instance '{self.name}' failed: "
+                f"{type(e).__name__}: {e}"))
+            timings = now_timings()
+        self._resize(len(message.get("inline") or b""))
+        self.on_done(self, batch, responses, timings)
 
-    def _restart(self) -> None:
-        wait = 0.5
-        while not self.stopping:
-            try:
-                self._start()
-            except Exception as e:
-                log.error("model '%s': instance '%s' failed to start again: %s; next try in %.0f s",
-                          self.model_name, self.name, e, wait)
-                time.sleep(wait)
-                wait = min(wait * 2, 30)
-                continue
-            self.loop.call_soon_threadsafe(self._back)
-            return
-
-    def _back(self) -> None:
-        if self.stopping:
-            return
-        self._watch()
-        log.info("model '%s': instance '%s' is serving again", self.model_name, self.name)
-        self.on_available()
-
-    def _close_pipes(self) -> None:
-        for fd in (self.request_fd, self.reply_fd):
-            try:
-                os.close(fd)
+    def _resize(self, inline_bytes: int) -> None:
+        """After a batch: give back an input segment grown past KEEP_SEGMENT_BYTES; grow the output
+        segment, up to that size, when the outputs did not fit it."""
+        changed = False
+        if self.inputs.size > KEEP_SEGMENT_BYTES and (small := self._new_segment(FIRST_SEGMENT_BYTES)):
+            self.inputs.close(unlink=True)
+            self.inputs = small
+            changed = True
+        if self.outputs.size < inline_bytes <= KEEP_SEGMENT_BYTES:
+            grown = self._new_segment(min(max(inline_bytes, 2 * self.outputs.size), KEEP_SEGMENT_BYTES))
+            if grown is not None:
+                self.outputs.close(unlink=True)
+                self.outputs = grown
+                changed = True
+        if changed and self.child is not None:
+            try:  # the process maps the new segments and lets the old ones go now, not at the next batch
+                self.sent_segments = self._segments()
+                self.child.send({"segments": self.sent_segments})
             except OSError:
-                pass
+                pass  # it died: its reply pipe's end restarts it
 
-    def stop(self) -> None:
-        """Let the process finish (its model's finalize runs), then clean up (blocks)."""
+    def _new_segment(self, size: int) -> Segment | None:
+        try:
+            return Segment.new(size)
+        except OSError as e:
+            log.warning("model '%s': no %d MiB shared-memory segment for instance '%s' (%s)",
+                        self.model_name, size >> 20, self.name, e)
+            return None
+
+    def _overdue(self) -> None:
+        """The batch ran past execution_timeout_seconds: fail it, kill the process (it restarts)."""
+        self.timer = None
+        batch, self.batch = self.batch, None
+        if batch is None:
+            return
+        seconds = self.limits.execution
+        log.error("model '%s': instance '%s' exceeded execution_timeout_seconds (%g s); killing its worker "
+                  "process", self.model_name, self.name, seconds)
+        self.available = False  # before on_done: the scheduler must not hand it the next batch
+        self.trouble = "its worker process is being started again after a batch ran out of time"
+        self.cause = f"killed after exceeding execution_timeout_seconds ({seconds:g} s)"
+        self.child.kill()
+        self.on_done(self, batch, failed([p.request for p in batch], Unavailable(
+            f"model '{self.model_name}' exceeded its execution timeout of {seconds:g} s "
+            f"(parameters.execution_timeout_seconds) on instance '{self.name}'; its worker process was "
+            f"killed and is being started again")), now_timings())
+        self.on_change()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # --- stop -------------------------------------------------------------------------------------
+
+    async def stop(self, timeout: float | None = None, error: NaiadError | None = None) -> None:
+        """Let the process finish its batch and run finalize, within `timeout` seconds (None: the
+        model's finalize bound); then kill it, answering its batch with `error`. Leaves no process,
+        descriptor or shared-memory file behind, even when cancelled."""
         self.stopping = True
+        self.available = False
         try:
-            os.close(self.request_fd)  # the child reads the end of its requests and exits
-        except OSError:
-            pass
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            log.error("model '%s': instance '%s' did not exit in 30 s; killing it", self.model_name, self.name)
-            self.process.kill()
-            self.process.wait()
-        self.inputs.close(unlink=True)
-        self.outputs.close(unlink=True)
+            if self.recovering is not None:
+                self.recovering.cancel()  # a process half started is killed by _spawn
+                await asyncio.wait([self.recovering])
+            if self.child is not None:
+                self.child.end_requests()
+                bound = self.limits.wait if timeout is None else timeout
+                if await self.child.exited(bound) is None:
+                    log.error("model '%s': instance '%s' did not exit within %g s; killing it",
+                              self.model_name, self.name, bound)
+        finally:
+            self._cancel_timer()
+            if self.child is not None:
+                if self.child.watched:
+                    self._readable()  # an answer it wrote before it exited
+                self.child.end()
+                self.child = None
+            batch, self.batch = self.batch, None
+            if batch:
+                self.on_done(self, batch, failed([p.request for p in batch], error or Unavailable(
+                    f"model '{self.model_name}' is unloading")), now_timings())
+            self._drop_segments()
+
+    def _drop_segments(self) -> None:
+        for segment in (self.inputs, self.outputs):
+            if segment is not None:
+                segment.close(unlink=True)
+        self.inputs = self.outputs = None

@@ -3,15 +3,20 @@
 The scheduler lives on the event loop: `submit` queues a request and returns a future; whenever a
 worker has room and a batch can be formed, the batch goes to it. The DirectScheduler's batches are
 single requests (Triton's default scheduler); the DynamicScheduler (dynamic.py) forms real batches.
+
+Every request gets one answer in bounded time: when no instance can take work (worker processes
+being started again, threads stuck past their execution timeout), queued requests wait at most
+`instance_wait_seconds` for one to come back, and fail at once when none is on its way back.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 
-from naiad.batching.instances import Pending, Timings, execute
-from naiad.daemon.errors import Unavailable
+from naiad.batching.instances import DEFAULT_WAIT_SECONDS, Pending, Timings, execute
+from naiad.daemon.errors import NaiadError, Unavailable
 from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.statistics import ModelStatistics
 
@@ -19,16 +24,21 @@ from naiad.daemon.statistics import ModelStatistics
 class Scheduler:
     # The most batches a worker may hold at once (its own depth may be lower).
     depth = 1
+    # How long queued requests wait for an instance while none is available but one is coming back.
+    instance_wait_seconds = DEFAULT_WAIT_SECONDS
 
-    def __init__(self, model_name: str, workers: list, stats: ModelStatistics):
+    def __init__(self, model_name: str, workers: list, stats: ModelStatistics,
+                 clock: Callable[[], int] = time.perf_counter_ns):
         self.model_name = model_name
         self.stats = stats
+        self.clock = clock  # every time reading, in ns; tests give a clock they advance themselves
         self.loop = asyncio.get_running_loop()
         self.workers = workers
         for worker in workers:
-            worker.attach(self._done, self._dispatch)
+            worker.attach(self._done, self._on_change)
         self.closing = False
         self.drained = asyncio.Event()
+        self.no_instance_timer: asyncio.TimerHandle | None = None
 
     # --- what subclasses decide -------------------------------------------------------------------
 
@@ -50,15 +60,23 @@ class Scheduler:
         """Every instance can take work (a worker process being restarted cannot)."""
         return all(worker.available for worker in self.workers)
 
+    @property
+    def trouble(self) -> str:
+        """Why the model is not ready: each instance that cannot take work, and why."""
+        return "; ".join(f"instance '{w.name}': {w.trouble}" for w in self.workers if not w.available)
+
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self.submit(request)
 
     def submit(self, request: InferRequest) -> asyncio.Future:
         if self.closing:
             raise Unavailable(f"model '{self.model_name}' is unloading")
+        if self._none_coming():
+            raise self._no_instance_error()
         future = self.loop.create_future()
-        self._enqueue(Pending(request, future, time.perf_counter_ns()))
+        self._enqueue(Pending(request, future, self.clock()))
         self._on_arrival()
+        self._check_instances()
         return future
 
     def _on_arrival(self) -> None:
@@ -90,8 +108,55 @@ class Scheduler:
         self._record(batch, timings)
         self._deliver(batch, responses)
         self._dispatch()
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
         if self.closing and self._idle_and_empty():
             self.drained.set()
+
+    # --- when no instance can take work -----------------------------------------------------------
+
+    def _on_change(self) -> None:
+        """A worker became available, or stopped being so."""
+        self._dispatch()
+        self._check_instances()
+
+    def _none_coming(self) -> bool:
+        """No instance can take work, and none is on its way back by itself."""
+        return not any(w.available or w.expected_back for w in self.workers)
+
+    def _no_instance_error(self, waited: float = 0) -> Unavailable:
+        after = f" after waiting {waited:g} s for one" if waited else ""
+        return Unavailable(f"model '{self.model_name}' has no instance able to run the request{after}: "
+                           f"{self.trouble}")
+
+    def _check_instances(self) -> None:
+        """With no instance available: fail what is queued at once when none is coming back (or the
+        model is unloading), else after instance_wait_seconds."""
+        if any(w.available for w in self.workers) or not self.queued():
+            if self.no_instance_timer is not None:
+                self.no_instance_timer.cancel()
+                self.no_instance_timer = None
+            return
+        if self.closing or self._none_coming():
+            self._fail_queued(self._no_instance_error())
+        elif self.no_instance_timer is None:
+            self.no_instance_timer = self.loop.call_later(self.instance_wait_seconds, self._waited_too_long)
+
+    def _waited_too_long(self) -> None:
+        self.no_instance_timer = None
+        if not any(w.available for w in self.workers):
+            self._fail_queued(self._no_instance_error(self.instance_wait_seconds))
+
+    def _fail_queued(self, error: NaiadError) -> None:
+        """Answer every queued request with `error`."""
+        closing, self.closing = self.closing, True  # closing: batches form without waiting to fill
+        try:
+            while batch := self._next_batch():
+                self._deliver(batch, [InferResponse(error=error) for _ in batch])
+        finally:
+            self.closing = closing
+        self._maybe_drained()
 
     def _deliver(self, batch: list[Pending], responses: list[InferResponse]) -> None:
         for pending, response in zip(batch, responses):
@@ -106,18 +171,28 @@ class Scheduler:
     def _idle_and_empty(self) -> bool:
         return not self.queued() and all(w.in_hand == 0 for w in self.workers)
 
-    async def close(self) -> None:
-        """Let queued and running requests finish, then stop the workers. Requests that no worker
-        can take (every worker process is being restarted) fail at once instead of holding it up."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Let queued and running requests finish, then stop the workers, all within `timeout`
+        seconds (None: as long as the requests take, bounded by the model's execution timeout when it
+        has one). Requests that no worker can take (every worker process is being restarted) fail at
+        once instead of holding it up; those still there at the timeout fail then."""
         self.closing = True
+        self._dispatch()  # what waits for company goes now; cancelled requests leave the queue
         if not any(worker.available for worker in self.workers):
-            error = Unavailable(f"model '{self.model_name}' is unloading and has no instance to run "
-                                f"the request")
-            while batch := self._next_batch():
-                self._deliver(batch, [InferResponse(error=error) for _ in batch])
+            self._fail_queued(Unavailable(f"model '{self.model_name}' is unloading and has no instance "
+                                          f"to run the request"))
+        deadline = None if timeout is None else self.loop.time() + timeout
+        error = Unavailable(f"model '{self.model_name}' is unloading (or the server is stopping) and the "
+                            f"request did not finish within {timeout or 0:g} s")
         if not self._idle_and_empty():
-            await self.drained.wait()
-        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers))
+            try:
+                await asyncio.wait_for(self.drained.wait(), timeout)
+            except TimeoutError:
+                self._fail_queued(error)
+        if self.no_instance_timer is not None:
+            self.no_instance_timer.cancel()
+        left = None if deadline is None else max(deadline - self.loop.time(), 0)
+        await asyncio.gather(*(worker.stop(left, error) for worker in self.workers))
 
 
 class DirectScheduler(Scheduler):
@@ -125,8 +200,9 @@ class DirectScheduler(Scheduler):
 
     depth = 2
 
-    def __init__(self, model_name: str, workers: list, stats: ModelStatistics, inline: bool = False):
-        super().__init__(model_name, workers, stats)
+    def __init__(self, model_name: str, workers: list, stats: ModelStatistics, inline: bool = False,
+                 clock: Callable[[], int] = time.perf_counter_ns):
+        super().__init__(model_name, workers, stats, clock)
         self.inline = inline
         self.waiting: collections.deque[Pending] = collections.deque()
 
@@ -136,7 +212,7 @@ class DirectScheduler(Scheduler):
         # On the event loop nothing runs beside this request: run it now, with no queue or future.
         if self.closing:
             raise Unavailable(f"model '{self.model_name}' is unloading")
-        pending = Pending(request, None, time.perf_counter_ns())
+        pending = Pending(request, None, self.clock())
         responses, timings = execute(self.model_name, self.workers[0].instance, [request])
         self._record([pending], timings)
         return responses[0]

@@ -7,12 +7,13 @@ import os
 import signal
 import sys
 
-from naiad import backends
-from naiad.batching.instances import close_instance, execute
+from naiad.batching.instances import close_instance, create_instance, execute
 from naiad.batching.processes import (Receiver, Segment, layout_size, read_tensor, send, tensor_bytes,
                                       write_tensors)
-from naiad.daemon.errors import ConfigError
-from naiad.daemon.inference import InferRequest, RequestedOutput
+from naiad.daemon.errors import ConfigError, Internal
+from naiad.daemon.inference import InferRequest, InferResponse, RequestedOutput
+
+log = logging.getLogger(__name__)
 
 
 def main(request_fd: int, reply_fd: int) -> int:
@@ -28,12 +29,11 @@ def main(request_fd: int, reply_fd: int) -> int:
     logging.basicConfig(level=setup["log_level"], stream=sys.stderr,
                         format=f"%(asctime)s %(levelname).1s {files.name}/{spec.name}[{os.getpid()}] "
                                f"%(name)s: %(message)s")
+    send(reply_fd, {"setting_up": True})  # the server times the set-up from here
     try:
-        instance = backends.get(files.config.backend).create_instance(files, spec)
-    except Exception as e:
-        problems = e.problems if isinstance(e, ConfigError) else [f"{type(e).__name__}: {e}"]
-        logging.getLogger(__name__).exception("model '%s' failed to set up", files.name)
-        send(reply_fd, {"error": problems})
+        instance = create_instance(files, spec)  # never raises but ConfigError, even for SystemExit
+    except ConfigError as e:
+        send(reply_fd, {"error": e.problems})
         return 1
     send(reply_fd, {"ready": True})
     inputs = outputs = None
@@ -44,6 +44,8 @@ def main(request_fd: int, reply_fd: int) -> int:
                     segment.close()
             in_path, in_size, out_path, out_size = message["segments"]
             inputs, outputs = Segment(in_path, in_size, False), Segment(out_path, out_size, False)
+        if "requests" not in message:  # new segments only: the server gave back a large one
+            continue
         requests = []
         for model, version, request_id, parameters, requested, batch_size, described in message["requests"]:
             tensors = dict(read_tensor(inputs.map, d, copy=False) for d in described)
@@ -51,7 +53,14 @@ def main(request_fd: int, reply_fd: int) -> int:
             requests.append(InferRequest(model, version, tensors, wanted, request_id, parameters,
                                          batch_size=batch_size))
         responses, timings = execute(files.name, instance, requests)
-        send(reply_fd, _reply(responses, timings, outputs))
+        try:
+            reply = _reply(responses, timings, outputs)
+        except Exception as e:  # outputs that cannot be laid out: this batch fails, the process lives
+            log.exception("model '%s': the outputs of a batch could not be sent back", files.name)
+            error = Internal(f"model '{files.name}': its outputs could not be sent back: "
+                             f"{type(e).__name__}: {e}")
+            reply = _reply([InferResponse(error=error) for _ in responses], timings, outputs)
+        send(reply_fd, reply)
     close_instance(files.name, instance)
     return 0
 

@@ -30,14 +30,9 @@ _ALIGN = 64
 
 class Arena:
     def __init__(self, size: int):
+        # its memory is reserved at once: a /dev/shm too small fails here, not with SIGBUS on a write
         self.segment = Segment.new(size)
         self.name = os.path.basename(self.segment.path)   # its region name in the model process
-        # reserve the memory now: a /dev/shm too small fails here, not with SIGBUS on a later write
-        fd = os.open(self.segment.path, os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        finally:
-            os.close(fd)
         self.free: list[tuple[int, int]] = [(0, size)]   # (offset, size), by offset
 
     @classmethod

@@ -54,6 +54,12 @@ class Release:
 
 
 @dataclass(slots=True)
+class Cancel:
+    """From a frontend: the client of call `id` went away; the model process drops the request."""
+    id: int
+
+
+@dataclass(slots=True)
 class Started:
     """A frontend process's first message: it listens (with its tensor arena's file and size, if it
     has one), or why it cannot."""
@@ -169,9 +175,17 @@ class RemoteDataPlane:
             raise Unavailable("the server is shutting down")
         self.next_id += 1
         future = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = (future, method, taken)
-        self.protocol.send(Call(self.next_id, method, args))
-        return await future
+        call_id = self.next_id
+        self.pending[call_id] = (future, method, taken)
+        self.protocol.send(Call(call_id, method, args))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The model process drops the request, unless its inputs are in this frontend's arena: the
+            # model may be reading them, so it runs to its end and the space comes back with its reply.
+            if method == "infer" and not taken and call_id in self.pending and not self.protocol.closed:
+                self.protocol.send(Cancel(call_id))
+            raise
 
     def _reply(self, reply: Reply) -> None:
         """A call's answer; done here, whether or not anyone still awaits it (a client that went away),
@@ -238,7 +252,7 @@ class PlaneServer:
         self.on_lost = on_lost
         self.arena = arena   # large outputs go back through it
         self.protocol = MessageProtocol(self._call, self._lost)
-        self.running: set[asyncio.Task] = set()
+        self.running: dict[int, asyncio.Task] = {}   # call id -> its task, until it is done
 
     def _lost(self) -> None:
         if not self.started.done():
@@ -247,9 +261,14 @@ class PlaneServer:
             return
         self.on_lost()
 
-    def _call(self, call: Call | Started | Release) -> None:
+    def _call(self, call: Call | Started | Release | Cancel) -> None:
         if isinstance(call, Release):
             self.arena.give_back(call.blocks)
+            return
+        if isinstance(call, Cancel):
+            task = self.running.get(call.id)
+            if task is not None:
+                task.cancel()
             return
         if isinstance(call, Started):
             if not self.started.done():
@@ -260,8 +279,8 @@ class PlaneServer:
             return
         task = _start(self._run(call))
         if not task.done():
-            self.running.add(task)
-            task.add_done_callback(self.running.discard)
+            self.running[call.id] = task
+            task.add_done_callback(lambda _, call_id=call.id: self.running.pop(call_id, None))
 
     async def _run(self, call: Call) -> None:
         infer = call.method == "infer"
@@ -270,6 +289,8 @@ class PlaneServer:
             value = await getattr(self.plane, call.method)(*args)
         except NaiadError as e:
             self.protocol.send(Reply(call.id, error=e))
+        except asyncio.CancelledError:  # the frontend's client went away: its call ends here
+            self.protocol.send(Reply(call.id, error=Unavailable("the request was cancelled")))
         except Exception as e:
             log.exception("data-plane call %s failed", call.method)
             self.protocol.send(Reply(call.id, error=Internal(f"{type(e).__name__}: {e}")))

@@ -34,6 +34,16 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got '{text}'")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="naiad", description="A model server that speaks Triton's "
                                      "protocol over gRPC and HTTP.")
@@ -62,7 +72,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-grpc", type=_flag_bool, default=d.allow_grpc, metavar="BOOL")
     serve.add_argument("--allow-metrics", type=_flag_bool, default=d.allow_metrics, metavar="BOOL")
     serve.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes,
-                       help="largest request body (HTTP) or message (gRPC) taken")
+                       help="gRPC: the largest request message taken")
+    serve.add_argument("--http-max-input-size", type=_at_least_one, default=d.http_max_input_size,
+                       metavar="BYTES", help="HTTP: the largest request body taken, as sent and once "
+                       "decompressed (default: %(default)s, 64 MiB)")
+    serve.add_argument("--http-max-json-elements", type=_at_least_one, default=d.http_max_json_elements,
+                       metavar="N", help="HTTP: the most values a request's JSON may hold; larger tensors "
+                       "go as binary data (default: %(default)s)")
+    serve.add_argument("--http-idle-timeout-secs", type=_seconds, default=d.http_idle_timeout_secs,
+                       metavar="SECONDS",
+                       help="HTTP: a connection with no request in progress is closed after this long "
+                       "(default: %(default)s)")
+    serve.add_argument("--http-body-timeout-secs", type=_seconds, default=d.http_body_timeout_secs,
+                       metavar="SECONDS",
+                       help="HTTP: once its headers are in, how long a request's body may take to arrive "
+                       "(default: %(default)s)")
     serve.add_argument("--exit-timeout-secs", type=float, default=d.exit_timeout_secs,
                        help="at shutdown, how long requests in flight may take to finish")
     serve.add_argument("--allow-client-shm", type=_flag_bool, default=d.allow_client_shm, metavar="BOOL",

@@ -58,6 +58,10 @@ _BY_TYPE_NUMBER = {dt.numpy.num: dt for dt in ALL} | {
     np.dtype("S").num: BYTES, np.dtype("U").num: BYTES,
     np.dtype(np.longlong).num: BY_NAME["INT64"], np.dtype(np.ulonglong).num: BY_NAME["UINT64"]}
 _LENGTH = struct.Struct("<I")
+# Limits on a tensor's shape in a request: Triton's (and numpy's) 64 dimensions, and an element count
+# far beyond any message or shared-memory region, that keeps numpy's sizes from overflowing.
+MAX_DIMS = 64
+MAX_ELEMENTS = 1 << 40
 
 
 def parse(text: str) -> DataType | None:
@@ -74,6 +78,34 @@ def of_array(array) -> DataType | None:
 
 def element_count(shape) -> int:
     return math.prod(shape)
+
+
+def check_shape(kind: str, name: str, shape: list) -> int:
+    """A tensor's shape as a request gives it: at most MAX_DIMS sizes, each an integer >= 0, spanning
+    at most MAX_ELEMENTS elements (counted in Python integers, so nothing overflows; a size 0 counts
+    as 1 there, since numpy refuses such shapes too). Returns the element count."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgument(f"{kind} '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMS} "
+                              f"are allowed")
+    span = 1
+    for size in shape:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidArgument(f"{kind} '{name}': shape {list(shape)} must list sizes >= 0")
+        if span <= MAX_ELEMENTS:
+            span *= max(size, 1)
+    if span > MAX_ELEMENTS:
+        raise InvalidArgument(f"{kind} '{name}': shape {list(shape)} is too large; a tensor holds at "
+                              f"most {MAX_ELEMENTS} elements (2^40)")
+    return math.prod(shape)
+
+
+def text_element(name: str, index: int, text: str) -> bytes:
+    """One BYTES element given as text (JSON), encoded as UTF-8; a lone surrogate has no encoding."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(f"input '{name}': BYTES element {index} is not valid Unicode text "
+                              f"({e.reason} at position {e.start}); send such data as binary")
 
 
 def from_raw(name: str, datatype: DataType, shape: list[int], buffer) -> np.ndarray:

@@ -12,6 +12,10 @@ class Code(enum.Enum):
     UNAVAILABLE = ("UNAVAILABLE", 503)
     UNIMPLEMENTED = ("UNIMPLEMENTED", 501)
     INTERNAL = ("INTERNAL", 500)
+    # faults of a request's body as HTTP carries it (gRPC's own transport answers these itself)
+    TOO_LARGE = ("RESOURCE_EXHAUSTED", 413)
+    BODY_TIMEOUT = ("DEADLINE_EXCEEDED", 408)
+    UNSUPPORTED_ENCODING = ("INVALID_ARGUMENT", 415)
 
     @property
     def grpc_name(self) -> str:
@@ -56,9 +60,26 @@ class Internal(NaiadError):
     code = Code.INTERNAL
 
 
-class ConfigError(Exception):
-    """A model configuration problem found at load: `problems` lists each one, located."""
+class TooLarge(NaiadError):
+    code = Code.TOO_LARGE
+
+
+class BodyTimeout(NaiadError):
+    code = Code.BODY_TIMEOUT
+
+
+class UnsupportedEncoding(NaiadError):
+    code = Code.UNSUPPORTED_ENCODING
+
+
+class ConfigError(InvalidArgument):
+    """A model configuration problem found at load: `problems` lists each one, located; the message
+    joins them."""
 
     def __init__(self, problems: list[str]):
         super().__init__("; ".join(problems))
-        self.problems = problems
+        self.problems = list(problems)
+
+    def __reduce__(self):
+        # rebuilt from its problems when it crosses a process boundary (pickle)
+        return type(self), (self.problems,)

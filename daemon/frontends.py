@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from naiad.batching.processes import Segment
 from naiad.daemon import grpc_frontend, http_frontend
@@ -34,6 +35,9 @@ from naiad.daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 _FIRST_RESTART_WAIT = 0.5
+# At --exit-timeout-secs the model process answers what is still running with an error; frontends get
+# this much longer to send those answers before they stop outright.
+ANSWER_GRACE_SECS = 1.0
 
 
 def fewer_collections() -> None:
@@ -134,16 +138,14 @@ class FrontendPool:
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-
-        def wait(process: subprocess.Popen) -> None:
-            try:
-                process.wait(timeout=timeout + 5)
-            except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + timeout + ANSWER_GRACE_SECS
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for process in processes:
+            if process.poll() is None:
                 log.error("frontend process (pid %d) did not stop in time; killing it", process.pid)
                 process.kill()
                 process.wait()
-
-        await asyncio.gather(*(asyncio.to_thread(wait, p) for p in processes))
 
 
 # --- the frontend process ------------------------------------------------------------------------
@@ -160,8 +162,8 @@ async def _serve(fd: int, settings: Settings, replies: Segment | None) -> None:
             grpc_server = await grpc_frontend.start(plane, settings.grpc_address, settings.grpc_port,
                                                     settings.max_request_bytes, shared_port=True)
         if settings.allow_http:
-            http_runner = await http_frontend.start(plane, settings.http_address, settings.http_port,
-                                                    settings.max_request_bytes, shared_port=True)
+            http_runner = await http_frontend.start(plane, settings, shared_port=True,
+                                                    shutdown_timeout=settings.exit_timeout_secs + ANSWER_GRACE_SECS)
     except OSError as e:
         plane.protocol.send(Started(str(e)))
         if arena is not None:
@@ -172,11 +174,10 @@ async def _serve(fd: int, settings: Settings, replies: Segment | None) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     lost = asyncio.ensure_future(plane.lost.wait())
     await asyncio.wait([lost, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    grace = 0 if lost.done() else settings.exit_timeout_secs
+    grace = 0 if lost.done() else settings.exit_timeout_secs + ANSWER_GRACE_SECS
     if grpc_server is not None:
         await grpc_server.stop(grace)
     if http_runner is not None:
-        await http_runner.shutdown()
         await http_runner.cleanup()
     if arena is not None:
         arena.close()

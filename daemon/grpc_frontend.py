@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from naiad.daemon import datatypes
 from naiad.daemon.dataplane import DataPlane
@@ -30,7 +32,34 @@ CONTENTS_FIELD = {
 }
 
 
+# requests of one ModelStreamInfer stream in flight at once, their responses waiting to be written
+# included; a client that sends more without reading is held back by HTTP/2 flow control
+STREAM_IN_FLIGHT = 64
+
+
 # --- wire to core --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A message protobuf cannot parse (a string field that is not UTF-8, such as an encoded lone
+    surrogate, or bytes that are not the message): answered INVALID_ARGUMENT by the method it came to,
+    not UNKNOWN by gRPC."""
+    type_name: str
+    error: str
+
+    def refuse(self) -> InvalidArgument:
+        return InvalidArgument(f"the {self.type_name} message cannot be parsed ({self.error}); every "
+                               f"string field must be valid UTF-8")
+
+
+def _deserializer(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError as e:
+            return Undecodable(message_class.DESCRIPTOR.name, str(e))
+    return parse
+
 
 def _parameter(value: pb.InferParameter):
     choice = value.WhichOneof("parameter_choice")
@@ -74,13 +103,17 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
         if name in inputs:
             raise InvalidArgument(f"input '{name}' appears twice in the request")
         shape = list(tensor.shape)
-        if shape and min(shape) < 0:
-            raise InvalidArgument(f"input '{name}': shape {shape} must list sizes >= 0")
+        datatypes.check_shape("input", name, shape)
         where = None
         if tensor.parameters:
             parameters = _parameters(tensor.parameters)
             check_tensor_parameters("input", name, parameters)
             where = region_slice("input", name, parameters)
+        if (where is not None or raw) and tensor.contents.ListFields():
+            # Triton's rule: an input's data comes from one place only
+            raise InvalidArgument(f"input '{name}': has data in contents while its data is in "
+                                  f"{'shared memory' if where is not None else 'raw_input_contents'}; "
+                                  f"send it in one place only")
         if where is not None:
             inputs[name] = SharedInput(datatype, tuple(shape), where)
         elif raw:
@@ -160,6 +193,8 @@ def _rpc(method):
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
+            if isinstance(request, Undecodable):
+                raise request.refuse()
             return await method(self, request, context)
         except NaiadError as e:
             await context.abort(grpc.StatusCode[e.code.grpc_name], e.message)
@@ -182,6 +217,8 @@ class InferenceService:
         self.plane = plane
 
     async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        if isinstance(message, Undecodable):
+            raise message.refuse()
         try:
             request = decode_request(message)
         except InvalidArgument:
@@ -196,11 +233,16 @@ class InferenceService:
         return await self._infer(message)
 
     async def ModelStreamInfer(self, messages, context):
-        """Each request runs as it arrives; each response (or its error) is written as it is done."""
+        """Each request runs as it arrives; each response (or its error) is written as it is done.
+        At most STREAM_IN_FLIGHT requests of the stream are in flight, unwritten responses included:
+        at that bound the stream is not read until a response has been written, so HTTP/2 flow
+        control holds back a client that sends faster than it reads."""
         done: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
         async def one(message):
+            echo = pb.ModelInferRequest() if isinstance(message, Undecodable) else message
             try:
                 await done.put(pb.ModelStreamInferResponse(infer_response=await self._infer(message)))
             except Exception as e:
@@ -208,16 +250,18 @@ class InferenceService:
                     log.exception("gRPC ModelStreamInfer failed")
                 await done.put(pb.ModelStreamInferResponse(
                     error_message=e.message if isinstance(e, NaiadError) else f"{type(e).__name__}: {e}",
-                    infer_response=pb.ModelInferResponse(model_name=message.model_name,
-                                                         model_version=message.model_version,
-                                                         id=message.id)))
+                    infer_response=pb.ModelInferResponse(model_name=echo.model_name,
+                                                         model_version=echo.model_version,
+                                                         id=echo.id)))
 
         async def read():
             try:
+                await slots.acquire()  # a slot for the next request, taken before it is read
                 async for message in messages:
                     task = asyncio.create_task(one(message))
                     running.add(task)
                     task.add_done_callback(running.discard)
+                    await slots.acquire()
             finally:
                 await asyncio.gather(*running, return_exceptions=True)
                 await done.put(None)
@@ -225,7 +269,8 @@ class InferenceService:
         reader = asyncio.create_task(read())
         try:
             while (item := await done.get()) is not None:
-                yield item
+                yield item  # returns once the response is written
+                slots.release()
         finally:
             reader.cancel()
 
@@ -319,6 +364,7 @@ class HealthService:
     def __init__(self, plane: DataPlane):
         self.plane = plane
 
+    @_rpc
     async def Check(self, message, context):
         if message.service not in self.SERVICES:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{message.service}'")
@@ -336,7 +382,7 @@ def _handler(service, module, descriptor) -> grpc.GenericRpcHandler:
         kind = (grpc.stream_stream_rpc_method_handler if method.client_streaming
                 else grpc.unary_unary_rpc_method_handler)
         handlers[method.name] = kind(getattr(service, method.name),
-                                     request_deserializer=request_class.FromString,
+                                     request_deserializer=_deserializer(request_class),
                                      response_serializer=response_class.SerializeToString)
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 

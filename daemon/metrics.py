@@ -44,8 +44,14 @@ HISTOGRAMS = [
 ]
 
 
+def escape_label(value) -> str:
+    """A label value in Prometheus' text format: backslash, double quote and newline escaped, so that
+    no value (a model's name) can end its label or its line."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _labels(**labels) -> str:
-    return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items()) + "}"
 
 
 def _histogram_lines(name: str, labels: dict, histogram: Histogram) -> list[str]:

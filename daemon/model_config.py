@@ -28,6 +28,28 @@ EXECUTION_MODES = {
     "inline": "on the server's event loop, for models that take microseconds",
 }
 
+# parameters naiad reads to bound a model's time (seconds; left out: no bound), see docs/reliability.md
+TIMEOUT_PARAMETERS = {
+    "execution_timeout_seconds": "the longest one batch may run",
+    "load_timeout_seconds": "the longest an instance's set-up (initialize) or finalize may take",
+}
+
+
+def timeout_seconds(config: "ModelConfig", name: str) -> float | None:
+    """The timeout parameter `name` in seconds, or None when it is not set. Raises ValueError (naming
+    the parameter) for a value that is not a number of seconds > 0."""
+    text = config.parameters.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86_400:
+        raise ValueError(f"parameters.{name}: expected a number of seconds > 0 and at most 86400 "
+                         f"({TIMEOUT_PARAMETERS[name]}), got '{text}'")
+    return value
+
 # Triton fields that naiad reads but does not act on yet: a config that sets one is refused, so that
 # nobody believes a setting is in force when it is not.
 UNSUPPORTED = {
@@ -45,6 +67,18 @@ UNSUPPORTED = {
     "metric_tags": "metric tags are not supported yet",
     "runtime": "custom backend runtimes are not supported",
 }
+
+# Bounds on the values that size a model's memory or its per-request work. A config beyond one is
+# refused at load, naming the field and the range, instead of costing every request later.
+MAX_DIMS = datatypes.MAX_DIMS            # dims of a tensor, the batch dimension included
+MAX_DIM_SIZE = datatypes.MAX_ELEMENTS    # one dimension's size
+MAX_BATCH_SIZE = 1 << 20
+MAX_PRIORITY_LEVELS = 128
+MAX_INSTANCES = 128                      # per instance group, and over all of a model's groups
+MAX_QUEUE_SIZE = 1 << 20                 # a priority level's max_queue_size
+MAX_QUEUE_DELAY_US = 60_000_000          # max_queue_delay_microseconds: one minute
+MAX_TIMEOUT_US = 3_600_000_000           # default_timeout_microseconds: one hour
+MAX_TENSORS = 1024                       # inputs, and outputs, of a model
 
 
 @dataclass
@@ -275,16 +309,28 @@ def parse(raw: Any) -> tuple[ModelConfig, list[str]]:
 
 # --- meaning ---------------------------------------------------------------------------------------
 
-def _check_dims(dims: list[int] | None, path: str, problems: list[str]) -> None:
+def _in_range(path: str, value: int, low: int, high: int, problems: list[str], low_text: str = ""
+              ) -> None:
+    """Report `value` when it is outside low..high; low_text says what `low` means."""
+    if not low <= value <= high:
+        problems.append(f"{path}: expected {low}{low_text} to {high}, got {value}")
+
+
+def _check_dims(dims: list[int] | None, path: str, problems: list[str], max_dims: int = MAX_DIMS) -> None:
     if dims is None:
         problems.append(f"{path}: missing; give the tensor's shape without the batch dimension, "
                         f"e.g. dims: [16] (-1 for a dimension that varies)")
         return
     if not dims:
         problems.append(f"{path}: must have at least one dimension; for a scalar write dims: [1]")
+    if len(dims) > max_dims:
+        problems.append(f"{path}: {len(dims)} dimensions; at most {max_dims} are allowed"
+                        + (" (the batch dimension takes one of 64)" if max_dims < MAX_DIMS else ""))
     for i, d in enumerate(dims):
         if d < -1 or d == 0:
             problems.append(f"{path}[{i}]: expected a size >= 1 or -1 (varies), got {d}")
+        elif d > MAX_DIM_SIZE:
+            problems.append(f"{path}[{i}]: {d} is too large; a size is at most 2^40 ({MAX_DIM_SIZE})")
 
 
 def _check_reshape(tensor: ModelInput | ModelOutput, path: str, problems: list[str]) -> None:
@@ -302,7 +348,9 @@ def _check_reshape(tensor: ModelInput | ModelOutput, path: str, problems: list[s
                         f"{tensor.dims}")
 
 
-def _check_tensors(kind: str, tensors: list, problems: list[str]) -> None:
+def _check_tensors(kind: str, tensors: list, problems: list[str], max_dims: int) -> None:
+    if len(tensors) > MAX_TENSORS:
+        problems.append(f"{kind}: {len(tensors)} {kind}s; at most {MAX_TENSORS} are allowed")
     seen: set[str] = set()
     for i, tensor in enumerate(tensors):
         path = f"{kind}[{i}]"
@@ -313,7 +361,7 @@ def _check_tensors(kind: str, tensors: list, problems: list[str]) -> None:
         seen.add(tensor.name)
         if tensor.data_type is None:
             problems.append(f"{path}.data_type: missing; e.g. data_type: TYPE_FP32")
-        _check_dims(tensor.dims, f"{path}.dims", problems)
+        _check_dims(tensor.dims, f"{path}.dims", problems, max_dims)
         _check_reshape(tensor, path, problems)
         if tensor.is_shape_tensor:
             problems.append(f"{path}.is_shape_tensor: shape tensors are not supported")
@@ -332,11 +380,11 @@ def _check_batching(config: ModelConfig, problems: list[str]) -> None:
         if not 1 <= size <= max(config.max_batch_size, 1):
             problems.append(f"dynamic_batching.preferred_batch_size[{i}]: expected 1 to max_batch_size "
                             f"{config.max_batch_size}, got {size}")
-    if batching.max_queue_delay_microseconds < 0:
-        problems.append("dynamic_batching.max_queue_delay_microseconds: must be >= 0")
+    _in_range("dynamic_batching.max_queue_delay_microseconds", batching.max_queue_delay_microseconds,
+              0, MAX_QUEUE_DELAY_US, problems)
     levels = batching.priority_levels
-    if levels < 0:
-        problems.append("dynamic_batching.priority_levels: must be >= 0")
+    _in_range("dynamic_batching.priority_levels", levels, 0, MAX_PRIORITY_LEVELS, problems,
+              " (no priorities)")
     if levels and not 1 <= batching.default_priority_level <= levels:
         problems.append(f"dynamic_batching.default_priority_level: expected 1 to priority_levels "
                         f"{levels}, got {batching.default_priority_level}")
@@ -351,8 +399,10 @@ def _check_batching(config: ModelConfig, problems: list[str]) -> None:
     for where, policy in policies:
         if policy is None:
             continue
-        if policy.default_timeout_microseconds < 0 or policy.max_queue_size < 0:
-            problems.append(f"dynamic_batching.{where}: timeouts and sizes must be >= 0")
+        _in_range(f"dynamic_batching.{where}.default_timeout_microseconds",
+                  policy.default_timeout_microseconds, 0, MAX_TIMEOUT_US, problems, " (none)")
+        _in_range(f"dynamic_batching.{where}.max_queue_size", policy.max_queue_size, 0, MAX_QUEUE_SIZE,
+                  problems, " (no bound)")
 
 
 def validate(config: ModelConfig, model_name: str) -> list[str]:
@@ -361,16 +411,20 @@ def validate(config: ModelConfig, model_name: str) -> list[str]:
     if config.name and config.name != model_name:
         problems.append(f"name: '{config.name}' differs from the model's folder name '{model_name}'; "
                         f"remove it or make them equal")
-    if config.max_batch_size < 0:
-        problems.append(f"max_batch_size: expected 0 (no batching) or more, got {config.max_batch_size}")
+    _in_range("max_batch_size", config.max_batch_size, 0, MAX_BATCH_SIZE, problems, " (no batching)")
+    file_problem = check_model_filename(config.default_model_filename)
+    if file_problem:
+        problems.append(file_problem)
     if not config.input:
         problems.append("input: missing; list the model's inputs, e.g. "
                         "input: [{name: INPUT0, data_type: TYPE_FP32, dims: [16]}]")
     if not config.output:
         problems.append("output: missing; list the model's outputs, e.g. "
                         "output: [{name: OUTPUT0, data_type: TYPE_FP32, dims: [16]}]")
-    _check_tensors("input", config.input, problems)
-    _check_tensors("output", config.output, problems)
+    # a batching model's tensors have the batch dimension too
+    max_dims = MAX_DIMS - 1 if config.max_batch_size > 0 else MAX_DIMS
+    _check_tensors("input", config.input, problems, max_dims)
+    _check_tensors("output", config.output, problems, max_dims)
     policy = config.version_policy
     if policy is not None:
         chosen = [name for name in ("latest", "all", "specific") if getattr(policy, name) is not None]
@@ -383,21 +437,38 @@ def validate(config: ModelConfig, model_name: str) -> list[str]:
                                             or min(policy.specific.versions) < 1):
             problems.append("version_policy.specific.versions: list one or more versions >= 1")
     for i, group in enumerate(config.instance_group):
-        if group.count < 1:
-            problems.append(f"instance_group[{i}].count: must be >= 1, got {group.count}")
+        _in_range(f"instance_group[{i}].count", group.count, 1, MAX_INSTANCES, problems)
         if any(g < 0 for g in group.gpus):
             problems.append(f"instance_group[{i}].gpus: GPU ids are >= 0, got {group.gpus}")
         if group.kind == "KIND_MODEL":
             problems.append(f"instance_group[{i}].kind: KIND_MODEL is not supported; use KIND_CPU, "
                             f"KIND_GPU or KIND_AUTO")
+    instances = sum(group.count for group in config.instance_group)
+    if len(config.instance_group) > 1 and instances > MAX_INSTANCES:
+        problems.append(f"instance_group: {instances} instances in all; at most {MAX_INSTANCES} are "
+                        f"allowed")
     _check_batching(config, problems)
     execution = config.parameters.get("execution")
     if execution is not None and execution not in EXECUTION_MODES:
         problems.append(f"parameters.execution: expected one of {', '.join(EXECUTION_MODES)}, got "
                         f"'{execution}'")
+    for name in TIMEOUT_PARAMETERS:
+        try:
+            timeout_seconds(config, name)
+        except ValueError as e:
+            problems.append(str(e))
     if config.model_transaction_policy and config.model_transaction_policy.decoupled:
         problems.append("model_transaction_policy.decoupled: decoupled models are not supported yet")
     return problems
+
+
+def check_model_filename(name: str) -> str | None:
+    """The problem with default_model_filename, or None: it must name a file in the version folder
+    itself, never a path that leads elsewhere."""
+    if name and (name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+        return (f"default_model_filename: expected a plain file name inside the version folder, such "
+                f"as model.onnx; got {name!r}")
+    return None
 
 
 def fill_defaults(config: ModelConfig, model_name: str, auto_kind: str = "KIND_CPU") -> None:
@@ -456,7 +527,8 @@ def load(raw: Any, model_name: str, complete=None) -> tuple[ModelConfig, list[st
     problems), then validate; each
     problem is said once (a field that failed to parse is not also reported as missing)."""
     config, problems = parse(raw)
-    if complete is not None:
+    # a backend reads the model file while completing: never one outside the version folder
+    if complete is not None and check_model_filename(config.default_model_filename) is None:
         problems += complete(config)
     if config.max_batch_size is None:
         config.max_batch_size = 0

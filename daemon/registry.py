@@ -78,14 +78,17 @@ class Registry:
         raise self._lookup_error(name, version, entry)
 
     def _lookup_error(self, name: str, version: str, entry: ModelEntry | None) -> NaiadError:
+        # Each message starts as Triton's does, for clients that match on it; naiad's why follows.
+        prefix = f"Request for unknown model: '{name}'"
         if entry is None:
-            return NotFound(f"unknown model '{name}': no model of that name is loaded")
+            return NotFound(f"{prefix} is not found: no model of that name is loaded")
         if not entry.versions:
             why = entry.reason or {LOADING: "it is loading", UNLOADING: "it is unloading"}.get(
                 entry.state, "it is not loaded")
-            return Unavailable(f"model '{name}' is not ready: {why}")
+            return Unavailable(f"{prefix} has no available versions: the model is not ready: {why}")
         ready = ", ".join(str(v) for v in sorted(entry.versions))
-        return NotFound(f"model '{name}' has no version '{version}' ready; ready versions: {ready}")
+        return NotFound(f"{prefix} version {version} is not found: no version '{version}' is ready; "
+                        f"ready versions: {ready}")
 
     def is_ready(self, name: str, version: str = "") -> bool:
         """Serving, and every instance able to take work (a restarting worker process is not)."""
@@ -114,12 +117,13 @@ class Registry:
         self.ready = True
         log.info("server ready: %d model(s) serving", sum(bool(e.versions) for e in self.models.values()))
 
-    async def close(self) -> None:
-        """Stop watching, then unload every model once its requests have finished."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop watching, then unload every model once its requests have finished: within `timeout`
+        seconds, after which what is still running fails and the worker processes are killed."""
         self.ready = False
         if self._poller is not None:
             self._poller.cancel()
-        await asyncio.gather(*(self._unload(name) for name in list(self.models)))
+        await asyncio.gather(*(self._unload(name, timeout=timeout) for name in list(self.models)))
 
     async def load(self, name: str, config_json: str | None = None,
                    files: dict[str, bytes] | None = None) -> None:
@@ -212,27 +216,26 @@ class Registry:
         files = ModelFiles(name, version, prepared.folder.path, path, config)
         execution = config.parameters.get("execution") or backends.get(config.backend).default_execution
         started = time.monotonic()
-        workers = await asyncio.to_thread(batching.create_workers, files, execution, gpus.count(),
-                                          asyncio.get_running_loop())
+        workers = await batching.create_workers(files, execution, gpus.count())
         stats = ModelStatistics(load_seconds=time.monotonic() - started)
         return ServedModel(name, version, config, batching.make_scheduler(files, execution, workers, stats),
                            stats)
 
-    async def _unload(self, name: str, forget: bool = False) -> None:
+    async def _unload(self, name: str, forget: bool = False, timeout: float | None = None) -> None:
         entry = self.models[name]
         async with entry.lock:
             old, old_dir = entry.versions, entry.files_dir
             entry.publish({})
             entry.state, entry.files_dir = UNLOADING, None
-            await self._retire(old.values(), old_dir)
+            await self._retire(old.values(), old_dir, timeout)
             entry.state, entry.reason, entry.failed = UNAVAILABLE, "unloaded", {}
             if forget:
                 del self.models[name]
         log.info("model '%s' unloaded", name)
 
-    async def _retire(self, versions, files_dir: Path | None) -> None:
-        """Let the versions finish their requests, then close them."""
-        await asyncio.gather(*(served.scheduler.close() for served in versions))
+    async def _retire(self, versions, files_dir: Path | None, timeout: float | None = None) -> None:
+        """Let the versions finish their requests (within `timeout`), then close them."""
+        await asyncio.gather(*(served.scheduler.close(timeout) for served in versions))
         if files_dir is not None:
             await asyncio.to_thread(shutil.rmtree, files_dir, True)
 
@@ -284,9 +287,11 @@ class Registry:
             if entry is None or not entry.state:
                 rows.append({"name": name})
                 continue
-            for version in sorted(entry.versions):
-                rows.append({"name": name, "version": str(version), "state": READY,
-                             "reason": entry.reason})
+            for version, served in sorted(entry.versions.items()):
+                # as ModelReady says: a version whose instances cannot all take work is not READY
+                trouble = served.scheduler.trouble
+                rows.append({"name": name, "version": str(version), "state": UNAVAILABLE if trouble else READY,
+                             "reason": trouble or entry.reason})
             for version, reason in sorted(entry.failed.items()):
                 rows.append({"name": name, "version": str(version), "state": UNAVAILABLE,
                              "reason": reason})

@@ -26,20 +26,43 @@ class ModelFolder:
     versions: dict[int, Path]   # every version folder, whatever the policy
 
 
+# a folder name's longest UTF-8 form on common file systems
+MAX_NAME_BYTES = 255
+
+
 def model_names(repository: Path) -> list[str]:
-    """The folders of the repository that hold models (hidden and underscore folders do not)."""
+    """The folders of the repository that hold models: those whose names are model names (hidden and
+    underscore folders are not)."""
     try:
         entries = sorted(os.scandir(repository), key=lambda e: e.name)
     except FileNotFoundError:
         return []
-    return [e.name for e in entries if e.is_dir() and not e.name.startswith((".", "_"))]
+    return [e.name for e in entries if e.is_dir() and name_problem(e.name) is None]
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` is not a model name, or None when it is. The one rule for every path that takes a
+    model's name (the repository scan, and loads over HTTP and gRPC): a model name is one folder name of
+    printable text, not hidden or underscored (such folders are not models)."""
+    if not name:
+        return "a model name cannot be empty"
+    if name.startswith((".", "_")):
+        return "names starting with '.' or '_' are not models (the repository skips such folders)"
+    if "/" in name or "\\" in name:
+        return "a model name is one folder name, without '/' or '\\'"
+    if not name.isprintable():
+        return ("a model name holds printable characters only: no newline, control character or lone "
+                "surrogate")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"a model name is at most {MAX_NAME_BYTES} bytes long (UTF-8)"
+    return None
 
 
 def check_name(name: str) -> None:
-    """A model name is one folder name: no separators, no '..', not hidden."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
-        raise InvalidArgument(f"'{name}' is not a model name; a model name is the name of its folder "
-                              f"in the repository")
+    """Raise InvalidArgument, with the reason, when `name` is not a model name."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise InvalidArgument(f"{name!r} is not a model name: {problem}")
 
 
 def read_folder(path: Path) -> ModelFolder:

@@ -9,7 +9,7 @@ import signal
 from naiad.batching.processes import remove_stale_segments
 from naiad.daemon import grpc_frontend, http_frontend, metrics
 from naiad.daemon.dataplane import DataPlane
-from naiad.daemon.frontends import FrontendPool, fewer_collections
+from naiad.daemon.frontends import ANSWER_GRACE_SECS, FrontendPool, fewer_collections
 from naiad.daemon.registry import Registry
 from naiad.daemon.shared_memory import SharedMemory
 from naiad.daemon.settings import Settings
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM; then stop taking requests, let those in flight finish (up to
-    exit_timeout_secs) and unload every model."""
+    exit_timeout_secs: then they fail) and unload every model, killing worker processes that do not
+    end in time."""
     remove_stale_segments()
     registry = Registry(settings.model_repository, settings.model_control_mode, settings.load_model,
                         settings.repository_poll_secs)
@@ -30,8 +31,8 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     # The frontends start first: live answers at once, ready once the models have loaded.
-    grpc_server = pool = None
-    runners = []  # the aiohttp servers: HTTP and metrics
+    grpc_server = pool = http_runner = metrics_runner = None
+    grace = settings.exit_timeout_secs + ANSWER_GRACE_SECS
     if settings.frontends > 1:
         pool = FrontendPool(settings, plane)
         try:
@@ -44,10 +45,9 @@ async def serve(settings: Settings) -> None:
             grpc_server = await grpc_frontend.start(plane, settings.grpc_address, settings.grpc_port,
                                                     settings.max_request_bytes)
         if settings.allow_http:
-            runners.append(await http_frontend.start(plane, settings.http_address, settings.http_port,
-                                                     settings.max_request_bytes))
+            http_runner = await http_frontend.start(plane, settings, shutdown_timeout=grace)
     if settings.allow_metrics:
-        runners.append(await metrics.start(registry, settings.metrics_address, settings.metrics_port))
+        metrics_runner = await metrics.start(registry, settings.metrics_address, settings.metrics_port)
     fewer_collections()
     try:
         starting = asyncio.create_task(registry.start())
@@ -56,13 +56,28 @@ async def serve(settings: Settings) -> None:
         starting.cancel()
     finally:
         registry.ready = False
-        if pool is not None:
-            await pool.stop(settings.exit_timeout_secs)
-        if grpc_server is not None:
-            await grpc_server.stop(settings.exit_timeout_secs)
-        for runner in runners:
-            await runner.shutdown()
-            await runner.cleanup()
-        await asyncio.wait_for(registry.close(), settings.exit_timeout_secs)
+        # The frontends finish their requests while the models finish theirs, both within the exit
+        # timeout: past it, the models fail what is left and the frontends send those answers.
+        await asyncio.gather(_stop_frontends(pool, grpc_server, http_runner, grace),
+                             _close_models(registry, settings.exit_timeout_secs))
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         shared_memory.close()
     log.info("stopped")
+
+
+async def _stop_frontends(pool: FrontendPool | None, grpc_server, http_runner, grace: float) -> None:
+    if pool is not None:
+        await pool.stop(grace)
+    if grpc_server is not None:
+        await grpc_server.stop(grace)
+    if http_runner is not None:
+        await http_runner.cleanup()
+
+
+async def _close_models(registry: Registry, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(registry.close(timeout), timeout + ANSWER_GRACE_SECS)
+    except TimeoutError:  # a model still loading, say: cancelled, which kills its worker processes
+        log.error("the models did not all unload within --exit-timeout-secs (%g s); stopping anyway",
+                  timeout)

@@ -20,7 +20,12 @@ class Settings:
     allow_http: bool = True
     allow_grpc: bool = True
     allow_metrics: bool = True
-    max_request_bytes: int = 1 << 30          # one request's largest body or message
+    max_request_bytes: int = 1 << 30          # gRPC: one request's largest message
+    # HTTP: what one request may cost (Triton's --http-max-input-size and its 64 MiB default)
+    http_max_input_size: int = 64 << 20       # a body's bytes, as sent and once decompressed
+    http_max_json_elements: int = 1 << 22     # values in a request's JSON
+    http_idle_timeout_secs: float = 75.0      # a connection with no request in progress is closed
+    http_body_timeout_secs: float = 60.0      # for a request's body to arrive, once its headers have
     exit_timeout_secs: float = 30.0           # how long in-flight requests may take at shutdown
     allow_client_shm: bool = False            # clients may register system and CUDA shared memory
     frontends: int = 1                        # processes that serve gRPC and HTTP (1: this process)

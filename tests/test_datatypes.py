@@ -7,6 +7,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from naiad.daemon import datatypes
+from naiad.daemon.errors import InvalidArgument
 from tests.models import DATATYPES
 
 
@@ -91,3 +93,26 @@ def test_no_batch_model_and_variable_dims(server):
         np.testing.assert_array_equal(client.infer("identity_nobatch", [tensor]).as_numpy("OUTPUT0"), data)
         metadata = client.get_model_metadata("identity_nobatch", as_json=True)
         assert metadata["inputs"][0]["shape"] == ["2", "-1"]
+
+
+def test_shapes_from_requests_are_checked_in_one_place():
+    assert datatypes.check_shape("input", "X", [2, 3]) == 6
+    assert datatypes.check_shape("input", "X", [0, 5]) == 0 and datatypes.check_shape("input", "X", []) == 1
+    assert datatypes.check_shape("input", "X", [1] * 64) == 1
+    for shape, words in [
+        ([1] * 65, "input 'X': shape has 65 dimensions; at most 64 are allowed"),
+        ([0, 2 ** 62, 2 ** 62], "input 'X': shape [0, 4611686018427387904, 4611686018427387904] is too large"),
+        ([2 ** 21, 2 ** 20], "is too large; a tensor holds at most 1099511627776 elements"),
+        ([3, -1], "input 'X': shape [3, -1] must list sizes >= 0"),
+        ([True, 2], "must list sizes >= 0"),
+        ([1.5], "must list sizes >= 0"),
+    ]:
+        with pytest.raises(InvalidArgument) as raised:
+            datatypes.check_shape("input", "X", shape)
+        assert words in raised.value.message
+
+
+def test_text_elements_must_be_unicode():
+    assert datatypes.text_element("X", 0, "\u00e9t\u00e9") == "\u00e9t\u00e9".encode()
+    with pytest.raises(InvalidArgument, match=r"input 'X': BYTES element 2 is not valid Unicode text"):
+        datatypes.text_element("X", 2, "a\ud800")

@@ -46,9 +46,9 @@ NINE = np.ones((9, 16), dtype=np.int32).tobytes()
 # (case, gRPC request, HTTP path, HTTP body, gRPC code, HTTP status, words the message must hold)
 CASES = [
     ("unknown model", grpc_request(model="nope"), "/v2/models/nope/infer", http_body(),
-     "NOT_FOUND", 404, ["unknown model 'nope'"]),
+     "NOT_FOUND", 404, ["Request for unknown model: 'nope' is not found"]),
     ("unknown version", grpc_request(version="9"), "/v2/models/simple/versions/9/infer", http_body(),
-     "NOT_FOUND", 404, ["no version '9'", "ready versions: 1"]),
+     "NOT_FOUND", 404, ["Request for unknown model: 'simple' version 9 is not found", "ready versions: 1"]),
     ("missing input", grpc_request(inputs=[("INPUT0", "INT32", [1, 16], ONES.tobytes())]),
      "/v2/models/simple/infer", http_body(inputs=[("INPUT0", "INT32", [1, 16], [1] * 16)]),
      "INVALID_ARGUMENT", 400, ["missing input 'INPUT1'", "INT32 [-1,16]"]),

@@ -91,7 +91,7 @@ def test_stream_infer(client):
     assert sorted(results) == ["0", "1", "2", "3", "4"]
     for i, result in results.items():
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), A + int(i) + B)
-    assert len(errors) == 1 and "unknown model 'no_such_model'" in str(errors[0])
+    assert len(errors) == 1 and "Request for unknown model: 'no_such_model' is not found" in str(errors[0])
 
 
 def test_statistics(client):

@@ -147,7 +147,7 @@ def test_statistics_and_index(client, shipped_server):
 
 def test_errors_are_json(shipped_server):
     status, _, raw = post(shipped_server, "/v2/models/nope/infer", b"{}")
-    assert status == 404 and "unknown model 'nope'" in json.loads(raw)["error"]
+    assert status == 404 and json.loads(raw)["error"].startswith("Request for unknown model: 'nope' is not found")
     status, _, raw = post(shipped_server, "/v2/nowhere", b"{}")
     assert status == 404 and "error" in json.loads(raw)
     status, _, raw = post(shipped_server, "/v2/health/live", b"")
