@@ -337,7 +337,8 @@ class ProcessWorker:
             self.outputs = Segment.new(FIRST_SEGMENT_BYTES)
         except OSError as e:
             self._drop_segments()
-            raise ConfigError([f"instance '{self.name}': {shm_space_error(self.model_name, 'its inputs and outputs', 2 * FIRST_SEGMENT_BYTES, e).message}"]) from None
+            error = shm_space_error(self.model_name, "its inputs and outputs", 2 * FIRST_SEGMENT_BYTES, e)
+            raise ConfigError([f"instance '{self.name}': {error.message}"]) from None
         try:
             self.child = await self._spawn()
         except BaseException:

@@ -10,9 +10,9 @@ right answer; none may go unanswered; the server must stay alive and ready throu
 
 Every request is generated from its own key (seed:process:index), so any request a run reports can
 be printed and sent again with --replay. Exits 1 on any fault (5xx other than 501 and 503, INTERNAL,
-UNKNOWN, DATA_LOSS, an exception's text as the answer, a wrong answer to a well-formed request, no answer in --timeout seconds, the server not
-ready at a check, an error or a dead process in its log) and writes the faults' requests to
---faults (a JSON file) for study.
+UNKNOWN, DATA_LOSS, an exception's text as the answer, a wrong answer to a well-formed request, no
+answer in --timeout seconds, the server not ready at a check, an error or a dead process in its log)
+and writes the faults' requests to --faults (a JSON file) for study.
 """
 from __future__ import annotations
 

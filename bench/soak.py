@@ -1,8 +1,8 @@
 """Soak a live naiad: a million mixed requests (HTTP JSON, HTTP binary, gRPC, gRPC streams, requests
 the client cancels) while a model is reloaded through the repository API every --reload-every
 requests and a worker process is killed every --kill-every. Samples the server's memory (resident
-pages of the model process and all its children, shared memory apart), open descriptors (/proc/PID/fd of the same processes) and its
-files in /dev/shm as it goes, and accounts for every failed request by the fault injected.
+pages of the model process and all its children, shared memory apart), open descriptors
+(/proc/PID/fd of the same processes) and its files in /dev/shm as it goes, and accounts for every failed request by the fault injected.
 
     python bench/soak.py [--requests 1000000] [--frontends 1] [--clients 2] [--concurrency 8]
                          [--kill-every 100000] [--reload-every 50000] [--samples 40]

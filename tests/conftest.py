@@ -39,12 +39,14 @@ def free_port() -> int:
 class NaiadServer:
     """A naiad process serving `repository`; its output goes to a log file the tests can read."""
 
-    def __init__(self, repository: Path, log_path: Path, *args: str):
+    def __init__(self, repository: Path, log_path: Path, *args: str, prefix: tuple[str, ...] = ()):
+        """`prefix`: a command that runs naiad's command line (its arguments follow)."""
         self.repository = repository
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log_path = log_path
         self.killed = False
-        command = [sys.executable, "-m", "naiad.daemon", "serve", "--model-repository", str(repository),
+        command = [*prefix, sys.executable, "-m", "naiad.daemon", "serve",
+                   "--model-repository", str(repository),
                    "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
                    "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -19,7 +18,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import FRONTENDS, NaiadServer, free_port, session_server
+from tests.conftest import NaiadServer, session_server
 
 # INPUT0's first value picks what the model does: 0 echoes; 1-4 raise SystemExit, KeyboardInterrupt,
 # CancelledError or a BaseException of its own; 5 answers with numpy response parameters, 6 with one
@@ -404,19 +403,8 @@ class SmallShmServer(NaiadServer):
     """A naiad whose /dev/shm is a tmpfs of `shm_mib` MiB in a mount namespace of its own."""
 
     def __init__(self, repository: Path, log_path: Path, prefix: list[str], shm_mib: int, *args: str):
-        self.repository = repository
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.log_path = log_path
-        self.killed = False
         mount = f'mount -t tmpfs -o size={shm_mib}m tmpfs /dev/shm && exec "$@"'
-        command = [*prefix, "sh", "-c", mount, "sh", sys.executable, "-m", "naiad.daemon", "serve",
-                   "--model-repository", str(repository),
-                   "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
-                   "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
-                   "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                   "--frontends", FRONTENDS[0], *args]
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        super().__init__(repository, log_path, *args, prefix=(*prefix, "sh", "-c", mount, "sh"))
 
     def shm_files(self) -> dict[str, int]:
         """The files in its /dev/shm and their sizes (seen through its root in /proc)."""

@@ -110,6 +110,18 @@ def json_elements(datatype_name):
 
 
 @st.composite
+def raw_data(draw, known: datatypes.DataType | None, count: int) -> bytes:
+    """Mostly the raw bytes `count` elements of `known` take (BYTES: length-prefixed items), else any."""
+    if known is datatypes.BYTES:
+        items = draw(st.lists(st.binary(max_size=4), min_size=count, max_size=count))
+        fitting = st.just(b"".join(struct.pack("<I", len(b)) + b for b in items))
+    else:
+        size = count * (known.itemsize if known is not None else 1)
+        fitting = st.binary(min_size=size, max_size=size)
+    return draw(mostly(fitting, st.binary(max_size=12)))
+
+
+@st.composite
 def http_tensor(draw, binary: list[bytes], index: int):
     """An input tensor as JSON: mostly well-formed, with one part or another wrong at times."""
     datatype = draw(mostly(st.sampled_from(DATATYPE_NAMES), any_text | json_values))
@@ -126,13 +138,7 @@ def http_tensor(draw, binary: list[bytes], index: int):
         tensor["data"] = nested(values, shape) if layout == "nested" and count > 1 else values
     elif how == "binary":
         known = datatypes.BY_NAME.get(datatype) if isinstance(datatype, str) else None
-        if known is datatypes.BYTES:
-            items = draw(st.lists(st.binary(max_size=4), min_size=count, max_size=count))
-            fitting = st.just(b"".join(struct.pack("<I", len(b)) + b for b in items))
-        else:
-            size = count * (known.itemsize if known is not None else 1)
-            fitting = st.binary(min_size=size, max_size=size)
-        blob = draw(mostly(fitting, st.binary(max_size=12)))
+        blob = draw(raw_data(known, count))
         binary.append(blob)
         tensor["parameters"] = {"binary_data_size": draw(mostly(st.just(len(blob)), json_values))}
     elif how == "shared":
@@ -239,13 +245,7 @@ def grpc_tensor(draw, raw: list[bytes], index: int) -> pb.ModelInferRequest.Infe
                              st.lists(CONTENTS[field], max_size=5)))
         getattr(tensor.contents, field).extend(values)
     else:  # raw contents
-        if known is datatypes.BYTES:
-            items = draw(st.lists(st.binary(max_size=4), min_size=count, max_size=count))
-            fitting = st.just(b"".join(struct.pack("<I", len(b)) + b for b in items))
-        else:
-            size = count * (known.itemsize if known is not None else 1)
-            fitting = st.binary(min_size=size, max_size=size)
-        raw.append(draw(mostly(fitting, st.binary(max_size=12))))
+        raw.append(draw(raw_data(known, count)))
     if draw(st.integers(0, 3)) == 0:
         for key, value in draw(grpc_parameters).items():
             tensor.parameters[key].CopyFrom(value)
