@@ -280,7 +280,13 @@ class PlaneServer:
         task = _start(self._run(call))
         if not task.done():
             self.running[call.id] = task
-            task.add_done_callback(lambda _, call_id=call.id: self.running.pop(call_id, None))
+            task.add_done_callback(lambda done, call_id=call.id: self._ended(call_id, done))
+
+    def _ended(self, call_id: int, task: asyncio.Task) -> None:
+        del self.running[call_id]
+        if task.cancelled():  # the frontend's client went away (even before the call started): it
+            # still gets its reply, which ends the call there and gives back what the call held
+            self.protocol.send(Reply(call_id, error=Unavailable("the request was cancelled")))
 
     async def _run(self, call: Call) -> None:
         infer = call.method == "infer"
@@ -289,8 +295,6 @@ class PlaneServer:
             value = await getattr(self.plane, call.method)(*args)
         except NaiadError as e:
             self.protocol.send(Reply(call.id, error=e))
-        except asyncio.CancelledError:  # the frontend's client went away: its call ends here
-            self.protocol.send(Reply(call.id, error=Unavailable("the request was cancelled")))
         except Exception as e:
             log.exception("data-plane call %s failed", call.method)
             self.protocol.send(Reply(call.id, error=Internal(f"{type(e).__name__}: {e}")))

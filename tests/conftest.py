@@ -36,6 +36,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(condition, what: str, timeout: float = 20):
+    """condition()'s first true value, polled until `timeout` seconds have passed (then AssertionError
+    naming `what`)."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        time.sleep(0.005)
+    return found
+
+
 class NaiadServer:
     """A naiad process serving `repository`; its output goes to a log file the tests can read."""
 
@@ -88,6 +99,7 @@ class NaiadServer:
             except OSError:
                 pass
             time.sleep(0.05)
+        self.kill()  # no fixture will stop a server that never became ready
         raise TimeoutError(f"naiad was not ready in {timeout} s:\n{self.log()}")
 
     def kill(self) -> None:

@@ -9,7 +9,6 @@ import os
 import resource
 import select
 import socket
-import time
 import urllib.request
 import zlib
 from pathlib import Path
@@ -20,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import FRONTENDS, session_server
+from tests.conftest import FRONTENDS, session_server, wait_until
 
 MAX_INPUT = 16 << 20          # the test server's --http-max-input-size
 TIMEOUT_SECS = 2              # its idle and body timeouts
@@ -125,16 +124,6 @@ def reset_peak_memory(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")   # VmHWM starts again from VmRSS
     except OSError as e:
         pytest.skip(f"cannot reset a process's peak memory here: {e}")
-
-
-def wait_for(condition, what: str):
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"not within {DEADLINE} s: {what}")
 
 
 def ready(server) -> bool:
@@ -286,7 +275,7 @@ def test_a_client_leaving_mid_body_costs_one_debug_line(server):
         sock.sendall(head("/v2/models/identity_fp32/infer", Content_Length=len(BODY)) + BODY[:10])
         sock.shutdown(socket.SHUT_RDWR)
     line = "closed its connection before sending its whole body"
-    wait_for(lambda: line in server.log(), "the server noticed the client leave")
+    wait_until(lambda: line in server.log(), "the server noticed the client leave")
     assert "Traceback" not in server.log()
     assert ready(server)
 
@@ -319,13 +308,13 @@ def test_accept_failures_at_the_open_files_limit_are_reported_once_per_period(se
                 clients.append(socket.create_connection(("127.0.0.1", server.http_port), timeout=2))
             except OSError:
                 break   # the listening backlog is full
-        wait_for(lambda: report in server.log(), "a process reports that it cannot accept")
+        wait_until(lambda: report in server.log(), "a process reports that it cannot accept")
     finally:
         for client in clients:
             client.close()
         for pid, limit in limits.items():
             resource.prlimit(pid, resource.RLIMIT_NOFILE, limit)
-    wait_for(lambda: ready(server), "the server serves again")
+    wait_until(lambda: ready(server), "the server serves again")
     log = server.log()
     assert log.count(report) <= 2 * len(pids), log[-3000:]
     assert "Traceback" not in log and "socket.accept() out of system resource" not in log

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import NaiadServer, session_server
+from tests.conftest import NaiadServer, session_server, wait_until
 
 # INPUT0's first value picks what the model does: 0 echoes; 1-4 raise SystemExit, KeyboardInterrupt,
 # CancelledError or a BaseException of its own; 5 answers with numpy response parameters, 6 with one
@@ -180,13 +179,6 @@ def failure(url: str, model: str, value: float, width: int = 3, client=None) -> 
     with pytest.raises(InferenceServerException) as raised:
         infer(url, model, value, width, client)
     return raised.value
-
-
-def wait_until(condition, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def index_row(client: httpclient.InferenceServerClient, name: str) -> dict:

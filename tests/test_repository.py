@@ -18,22 +18,13 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import SHIPPED_REPOSITORY
+from tests.conftest import SHIPPED_REPOSITORY, wait_until
 
 
 def version_of(client, model: str, version: str = "") -> int:
     tensor = grpcclient.InferInput("INPUT0", [1, 1], "INT32")
     tensor.set_data_from_numpy(np.zeros((1, 1), np.int32))
     return int(client.infer(model, [tensor], model_version=version).as_numpy("OUTPUT0")[0, 0])
-
-
-def wait_for(condition, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def replace_file(path: Path, text: str) -> None:
@@ -139,30 +130,30 @@ def test_poll_mode_add_change_remove_without_failed_requests(tmp_path, repositor
         staged = tmp_path / "staged"
         models.write_model(staged, "versioned", models.batched("INT32", (1,)), models.VERSIONED, versions=(1,))
         os.replace(staged / "versioned", repository / "versioned")
-        wait_for(lambda: client.is_model_ready("versioned"), what="the added model")
+        wait_until(lambda: client.is_model_ready("versioned"), "the added model")
         assert version_of(client, "versioned") == 1
 
         # change: a new version folder, then a changed config, while `slow` is under load
         shutil.copytree(repository / "versioned" / "1", repository / "versioned" / "2")
-        wait_for(lambda: client.is_model_ready("versioned", "2"), what="version 2")
+        wait_until(lambda: client.is_model_ready("versioned", "2"), "version 2")
         assert version_of(client, "versioned") == 2 and not client.is_model_ready("versioned", "1")
         slow_config = repository / "slow" / "config.yaml"
         replace_file(slow_config, slow_config.read_text().replace("max_batch_size: 8", "max_batch_size: 4"))
-        wait_for(lambda: client.get_model_config("slow").config.max_batch_size == 4, what="the reload")
+        wait_until(lambda: client.get_model_config("slow").config.max_batch_size == 4, "the reload")
 
         # a broken change keeps the previous load serving
         replace_file(slow_config, "max_batch_size: [")
-        wait_for(lambda: "reload failed" in json.dumps(client.get_model_repository_index(as_json=True)),
-                 what="the failed reload")
+        wait_until(lambda: "reload failed" in json.dumps(client.get_model_repository_index(as_json=True)),
+                   "the failed reload")
         assert client.is_model_ready("slow")
         replace_file(slow_config, (test_repository / "slow" / "config.yaml").read_text())
-        wait_for(lambda: client.get_model_config("slow").config.max_batch_size == 8, what="the repair")
+        wait_until(lambda: client.get_model_config("slow").config.max_batch_size == 8, "the repair")
 
         # remove
         shutil.rmtree(repository / "versioned")
-        wait_for(lambda: "versioned" not in {m["name"] for m in
-                                             client.get_model_repository_index(as_json=True)["models"]},
-                 what="the removal")
+        wait_until(lambda: "versioned" not in {m["name"] for m in
+                                               client.get_model_repository_index(as_json=True)["models"]},
+                   "the removal")
         assert not client.is_model_ready("versioned")
         with pytest.raises(InferenceServerException) as raised:
             version_of(client, "versioned")

@@ -15,6 +15,7 @@ import tritonclient.grpc.aio as aiogrpc
 from tritonclient.utils import InferenceServerException
 
 from tests import conftest, models
+from tests.conftest import wait_until
 
 # A command of HOLD - k holds its batch until the test releases gate k: the model marks the gate
 # `running-k` when the batch starts, and waits for `release-k` (files in the model's folder).
@@ -71,14 +72,6 @@ def in_background(function, *args, **kwargs) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, box
-
-
-def wait_until(condition, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}")
-        time.sleep(0.005)
 
 
 class Gates:
