@@ -213,6 +213,13 @@ def _describe_exit(status: int | None) -> str:
     return f"exit status {status}"
 
 
+async def wait_for_exit(processes: list[subprocess.Popen], timeout: float) -> None:
+    """Until every process has exited, or `timeout` seconds have passed (without blocking the loop)."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
 class _Child:
     """A worker process and the parent's ends of its two pipes. Each descriptor is closed once, by
     `close` (the request pipe possibly earlier, by `end_requests`)."""
@@ -284,10 +291,8 @@ class _Child:
 
     async def exited(self, timeout: float) -> int | None:
         """Its exit status once it has exited, waiting up to `timeout` s; None if it has not."""
-        deadline = time.monotonic() + timeout
-        while (status := self.process.poll()) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return status
+        await wait_for_exit([self.process], timeout)
+        return self.process.poll()
 
     def end(self) -> int:
         """Kill it if it still runs, reap it, close the pipes: its exit status."""

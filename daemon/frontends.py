@@ -24,9 +24,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
-from naiad.batching.processes import Segment
+from naiad.batching.processes import Segment, wait_for_exit
 from naiad.daemon import grpc_frontend, http_frontend
 from naiad.daemon.arena import Arena
 from naiad.daemon.channel import PlaneServer, RemoteDataPlane, Started
@@ -138,9 +137,7 @@ class FrontendPool:
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout + ANSWER_GRACE_SECS
-        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_for_exit(processes, timeout + ANSWER_GRACE_SECS)
         for process in processes:
             if process.poll() is None:
                 log.error("frontend process (pid %d) did not stop in time; killing it", process.pid)
