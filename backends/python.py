@@ -17,18 +17,12 @@ from naiad.backends import python_api as pb
 from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, ModelInstance, OutputChecker,
                                  to_host)
 from naiad.daemon import errors
-from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.inference import InferRequest, InferResponse, plain_parameters
 from naiad.daemon.model_config import to_dict
 
 # Triton's Python models import their helpers under this name.
 sys.modules.setdefault("triton_python_backend_utils", pb)
 
-_ERROR_CODES = {
-    pb.TritonError.INVALID_ARG: errors.InvalidArgument,
-    pb.TritonError.NOT_FOUND: errors.NotFound,
-    pb.TritonError.UNAVAILABLE: errors.Unavailable,
-    pb.TritonError.UNSUPPORTED: errors.Unimplemented,
-}
 _module_ids = itertools.count()
 
 
@@ -78,13 +72,16 @@ class PythonBackend(Backend):
 class PythonInstance(ModelInstance):
     def __init__(self, model, files: ModelFiles):
         self.model = model
+        self.model_name = files.name
         self.checker = OutputChecker(files.config)
         self.all_outputs = [o.name for o in files.config.output]
+        self.decoupled = files.config.decoupled
         self.loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(model.execute) else None
 
     def prepare(self, requests: list[InferRequest]) -> list[pb.InferenceRequest]:
-        return [pb.InferenceRequest({name: to_host(t) for name, t in r.inputs.items()},
-                                    r.output_names or self.all_outputs, r.id, r.parameters)
+        return [pb.InferenceRequest.received({name: to_host(t) for name, t in r.inputs.items()},
+                                             r.output_names or self.all_outputs, r.id, r.parameters,
+                                             _CheckedSink(self, r) if self.decoupled else None)
                 for r in requests]
 
     def run(self, prepared: list[pb.InferenceRequest]):
@@ -94,6 +91,11 @@ class PythonInstance(ModelInstance):
         return result
 
     def finish(self, requests: list[InferRequest], result) -> list[InferResponse]:
+        if self.decoupled:  # its responses go through the senders; this only says execute returned
+            if result is not None and any(r is not None for r in result):
+                raise errors.Internal("execute() of a decoupled model returned responses; it must send "
+                                      "them with request.get_response_sender() and return None")
+            return [InferResponse() for _ in requests]
         if not isinstance(result, (list, tuple)) or len(result) != len(requests):
             count = len(result) if isinstance(result, (list, tuple)) else type(result).__name__
             raise errors.Internal(f"execute() returned {count} responses for {len(requests)} requests; "
@@ -106,7 +108,7 @@ class PythonInstance(ModelInstance):
                 f"execute() returned {type(response).__name__} where an InferenceResponse belongs"))
         error = response.error()
         if error is not None:
-            return InferResponse(error=_ERROR_CODES.get(error.code(), errors.Internal)(error.message()))
+            return InferResponse(error=pb.naiad_error(error))
         try:
             checked = self.checker.response(
                 request, {t.name(): t.as_numpy() for t in response.output_tensors()})
@@ -123,3 +125,20 @@ class PythonInstance(ModelInstance):
         finally:
             if self.loop is not None:
                 self.loop.close()
+
+
+class _CheckedSink:
+    """A decoupled model's responses to one request, checked as execute's are, on to its sink."""
+
+    def __init__(self, instance: PythonInstance, request: InferRequest):
+        self.instance = instance
+        self.request = request
+
+    @property
+    def cancelled(self) -> bool:
+        return self.request.sink.cancelled
+
+    def send(self, response: pb.InferenceResponse | None, final: bool) -> None:
+        if response is not None:
+            response = plain_parameters(self.instance.model_name, self.instance._response(self.request, response))
+        self.request.sink.send(response, final)

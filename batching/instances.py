@@ -24,12 +24,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-
 from naiad import backends
 from naiad.backends.base import InstanceSpec, ModelFiles, ModelInstance, failed
 from naiad.daemon.errors import ConfigError, Internal, NaiadError, Unavailable
-from naiad.daemon.inference import InferRequest, InferResponse, place_outputs
+from naiad.daemon.inference import InferRequest, InferResponse, place_outputs, plain_parameters
 from naiad.daemon.model_config import ModelConfig, timeout_seconds
 
 log = logging.getLogger(__name__)
@@ -115,7 +113,7 @@ def execute(model_name: str, instance: ModelInstance, requests: list[InferReques
         t1 = time.perf_counter_ns()
         result = instance.run(prepared)
         t2 = time.perf_counter_ns()
-        responses = [_plain_parameters(model_name, r) for r in instance.finish(requests, result)]
+        responses = [plain_parameters(model_name, r) for r in instance.finish(requests, result)]
         place_outputs(requests, responses)
     except NaiadError as e:
         responses = failed(requests, e)
@@ -124,24 +122,6 @@ def execute(model_name: str, instance: ModelInstance, requests: list[InferReques
         responses = failed(requests, Internal(f"model '{model_name}' failed: {type(e).__name__}: {e}"))
     end = time.perf_counter_ns()
     return responses, Timings(start, t1 - start, t2 - t1, end - t2)
-
-
-def _plain_parameters(model_name: str, response: InferResponse) -> InferResponse:
-    """Response parameters as the wire carries them: numpy scalars become Python values; anything but
-    bool, int, float and str fails the response, naming the parameter."""
-    if response.error is not None or not response.parameters:
-        return response
-    plain = {}
-    for key, value in response.parameters.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if not isinstance(key, str) or not isinstance(value, (bool, int, float, str)):
-            return InferResponse(error=Internal(
-                f"model '{model_name}' returned response parameter {key!r} of type "
-                f"{type(value).__name__}; a response parameter must be a bool, int, float or str"))
-        plain[key] = value
-    response.parameters = plain
-    return response
 
 
 def create_instance(files: ModelFiles, spec: InstanceSpec) -> ModelInstance:

@@ -1,11 +1,14 @@
 """Model instances in processes of their own (the default for Python models): a CPU-bound model with
 count 2 uses two cores, and a model that crashes the interpreter takes down only its process.
 
-Parent and child talk over two pipes with small pickled messages; tensors travel through two shared
-memory files per instance, both owned by the parent: inputs (parent writes, the model reads them in
-place) and outputs (the child writes, the parent copies them out). The event loop watches the reply
-pipe, so a batch costs two process wake-ups and no thread. A process that dies fails only the batch
-it held; it is started again, and the model's readiness says so until it is back.
+Parent and child talk over two pipes with small pickled messages of the types below; a batch's
+tensors travel through two shared memory files per instance, both owned by the parent: inputs (parent
+writes, the model reads them in place) and outputs (the child writes, the parent copies them out).
+The event loop watches the reply pipe, so a batch costs two process wake-ups and no thread. Besides
+one batch at a time, the pipes carry a decoupled model's responses as it sends them (tensors inside
+the message) and the model's BLS calls to other models, several in flight, matched by id. A process
+that dies fails only the batch and the streams it held; it is started again, and the model's
+readiness says so until it is back.
 
 Shared memory is reserved before it is used (posix_fallocate): where /dev/shm is too small, the batch
 that needed the room fails with a message that says so, instead of the server dying of SIGBUS. A
@@ -29,16 +32,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from itertools import count
 from typing import Callable
 
 import numpy as np
 
 from naiad.backends.base import InstanceSpec, ModelFiles, failed, to_host
+from naiad.backends.bls import Models, serve_call
 from naiad.batching.instances import Done, Limits, Pending, Timings, now_timings
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError, Internal, NaiadError, Unavailable
-from naiad.daemon.inference import InferResponse, place_outputs
+from naiad.daemon.inference import InferRequest, InferResponse, ResponseStream, place_outputs
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,79 @@ _READ_BYTES = 1 << 16
 _names = count()
 
 
-# --- messages and shared memory, used on both sides ----------------------------------------------
+# --- the messages: server to worker process --------------------------------------------------------
+
+@dataclass(slots=True)
+class Setup:
+    files: ModelFiles
+    spec: InstanceSpec
+
+
+@dataclass(slots=True)
+class Batch:
+    # per request: (model, version, id, parameters, requested outputs, batch size, stream key or None,
+    # input descriptions); a stream key names the request's stream for a decoupled model's responses
+    requests: list[tuple]
+    segments: tuple | None = None   # (inputs path, size, outputs path, size) when they changed
+
+
+@dataclass(slots=True)
+class Segments:
+    """The segments changed after a batch: map these, let the old ones go."""
+    segments: tuple
+
+
+@dataclass(slots=True)
+class StreamCancelled:
+    """The client of a decoupled model's request went away."""
+    key: int
+
+
+@dataclass(slots=True)
+class CallAnswer:
+    """An answer to the model's BLS call `id` (the last one with final)."""
+    id: int
+    response: InferResponse | None
+    final: bool
+
+
+# --- the messages: worker process to server --------------------------------------------------------
+
+@dataclass(slots=True)
+class SettingUp:
+    """The process has started and begins the model's set-up (only that is timed)."""
+
+
+@dataclass(slots=True)
+class SetUp:
+    problems: list[str] | None = None   # None: the model is ready
+
+
+@dataclass(slots=True)
+class BatchDone:
+    responses: list[dict]
+    timings: tuple
+    inline: bytes | None = None     # the outputs, when they did not fit the output segment
+
+
+@dataclass(slots=True)
+class Streamed:
+    """A decoupled model's response on stream `key` (tensors inside)."""
+    key: int
+    response: InferResponse | None
+    final: bool
+
+
+@dataclass(slots=True)
+class Call:
+    """The model calls another model (BLS)."""
+    id: int
+    request: InferRequest
+    stream: bool
+    timeout: float | None
+
+
+# --- pipes and shared memory, used on both sides ---------------------------------------------------
 
 def send(fd: int, message) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
@@ -309,8 +386,9 @@ class ProcessWorker:
     depth = 1  # one batch at a time: its tensors occupy the shared memory until it is done
 
     def __init__(self, files: ModelFiles, spec: InstanceSpec, loop: asyncio.AbstractEventLoop,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), models: Models | None = None):
         self.files = files
+        self.models = models    # where the model's BLS calls go
         self.spec = spec
         self.model_name = files.name
         self.name = spec.name
@@ -331,6 +409,9 @@ class ProcessWorker:
         self.inputs: Segment | None = None
         self.outputs: Segment | None = None
         self.sent_segments: tuple | None = None
+        self.streams: dict[int, ResponseStream] = {}     # key -> a decoupled request's sink, until final
+        self.stream_keys = count()
+        self.calls: set[asyncio.Task] = set()          # the model's BLS calls being served
 
     # --- start and restart ------------------------------------------------------------------------
 
@@ -360,11 +441,10 @@ class ProcessWorker:
         self.sent_segments = None
         setting_up = False
         try:
-            child.send({"files": self.files, "spec": self.spec,
-                        "log_level": logging.getLogger().getEffectiveLevel()})
+            child.send(Setup(self.files, self.spec))
             # the process says when it has started and begins the model's set-up: only that is timed
             answer = await asyncio.wait_for(self._next_message(child), START_SECONDS)
-            if answer is not None and "setting_up" in answer:
+            if isinstance(answer, SettingUp):
                 setting_up = True
                 answer = await asyncio.wait_for(self._next_message(child), self.limits.load)
         except BaseException as e:
@@ -379,14 +459,14 @@ class ProcessWorker:
                 answer = None
             else:
                 raise
-        if answer is None or "error" in answer:
+        if not isinstance(answer, SetUp) or answer.problems is not None:
             status = child.end()
-            raise ConfigError(answer["error"] if answer else [
+            raise ConfigError(answer.problems if isinstance(answer, SetUp) else [
                 f"instance '{self.name}': the worker process ended ({_describe_exit(status)}) before the "
                 f"model was set up; its output is in the server's log"])
         return child
 
-    async def _next_message(self, child: _Child) -> dict | None:
+    async def _next_message(self, child: _Child):
         """The process's next message (None at the end of its pipe), while it sets up."""
         for message in child.replies.messages():  # read already, with the one before
             return message
@@ -438,10 +518,11 @@ class ProcessWorker:
         self.cause = ""
         log.error("model '%s': the worker process of instance '%s' died (%s); starting it again",
                   self.model_name, self.name, why)
+        error = Internal(f"the worker process of model '{self.model_name}' (instance '{self.name}') "
+                         f"died ({why}) while it ran this request; it is being started again")
+        self._end_streams(error)
         batch, self.batch = self.batch, None
         if batch:
-            error = Internal(f"the worker process of model '{self.model_name}' (instance '{self.name}') "
-                             f"died ({why}) while it ran this request; it is being started again")
             self.on_done(self, batch, failed([p.request for p in batch], error), now_timings())
         wait = 0.5
         while True:
@@ -485,7 +566,7 @@ class ProcessWorker:
         if self.limits.execution:
             self.timer = self.loop.call_later(self.limits.execution, self._overdue)
 
-    def _hand_over(self, batch: list[Pending]) -> dict:
+    def _hand_over(self, batch: list[Pending]) -> Batch:
         """Write the batch's inputs into the input segment (grown if needed): the message for it."""
         named = [(n, to_host(a)) for p in batch for n, a in p.request.inputs.items()]
         raws = [tensor_bytes(a) for _, a in named]
@@ -504,13 +585,32 @@ class ProcessWorker:
             r = p.request
             n = len(r.inputs)
             requests.append((r.model_name, r.model_version, r.id, r.parameters, r.output_names,
-                             r.batch_size, described[at:at + n]))
+                             r.batch_size, self._open_stream(r.sink), described[at:at + n]))
             at += n
-        message = {"requests": requests}
+        message = Batch(requests)
         segments = self._segments()
         if segments != self.sent_segments:
-            message["segments"] = self.sent_segments = segments
+            message.segments = self.sent_segments = segments
         return message
+
+    def _open_stream(self, sink: ResponseStream | None) -> int | None:
+        """A key for a decoupled request's responses; the process is told if its client goes away."""
+        if sink is None:
+            return None
+        key = next(self.stream_keys)
+        self.streams[key] = sink
+        sink.on_cancel.append(lambda: self._cancel_stream(key))
+        return key
+
+    def _cancel_stream(self, key: int) -> None:
+        if self.streams.pop(key, None) is not None and self.child is not None:
+            with contextlib.suppress(OSError):  # it died: its streams end with it
+                self.child.send(StreamCancelled(key))
+
+    def _end_streams(self, error: NaiadError) -> None:
+        streams, self.streams = self.streams, {}
+        for sink in streams.values():
+            sink.send(InferResponse(error=error), True)
 
     def _segments(self) -> tuple:
         return self.inputs.path, self.inputs.size, self.outputs.path, self.outputs.size
@@ -519,7 +619,14 @@ class ProcessWorker:
         alive = self.child.read()
         try:
             for message in self.child.replies.messages():
-                self._answer(message)
+                if isinstance(message, BatchDone):
+                    self._answer(message)
+                elif isinstance(message, Streamed):
+                    self._streamed(message)
+                elif isinstance(message, Call):
+                    self._serve_call(message)
+                else:
+                    raise TypeError(f"unexpected {type(message).__name__}")
         except Exception as e:  # not a message of ours: the process is in an unknown state
             log.error("model '%s': unreadable answer from instance '%s': %s", self.model_name, self.name, e)
             self.cause = f"its answer could not be read: {type(e).__name__}: {e}"
@@ -527,29 +634,48 @@ class ProcessWorker:
         if not alive:
             self._lost()
 
-    def _answer(self, message: dict) -> None:
+    def _streamed(self, message: Streamed) -> None:
+        sink = self.streams.pop(message.key, None) if message.final else self.streams.get(message.key)
+        if sink is not None:  # else its client went away
+            sink.send(message.response, message.final)
+
+    def _serve_call(self, call: Call) -> None:
+        def deliver(response: InferResponse | None, final: bool) -> None:
+            if child is self.child:  # else the process that asked is gone
+                with contextlib.suppress(OSError):
+                    child.send(CallAnswer(call.id, response, final))
+
+        child = self.child
+        if self.models is None:
+            deliver(InferResponse(error=Unavailable("calls to other models are not possible here")), True)
+            return
+        task = self.loop.create_task(serve_call(self.models, call.request, call.stream, call.timeout, deliver))
+        self.calls.add(task)
+        task.add_done_callback(self.calls.discard)
+
+    def _answer(self, message: BatchDone) -> None:
         self._cancel_timer()
         batch, self.batch = self.batch, None
         if batch is None:  # answered already
             return
         try:
-            source = message.get("inline") or self.outputs.map
+            source = message.inline or self.outputs.map
             responses = []
-            for answer in message["responses"]:
+            for answer in message.responses:
                 if "error" in answer:
                     responses.append(InferResponse(error=answer["error"]))
                 else:
                     outputs = dict(read_tensor(source, d, copy=True) for d in answer["outputs"])
                     responses.append(InferResponse(outputs, parameters=answer["parameters"]))
             place_outputs([p.request for p in batch], responses)
-            timings = Timings(*message["timings"])
+            timings = Timings(*message.timings)
         except Exception as e:
             log.exception("model '%s': reading the answer of instance '%s' failed", self.model_name, self.name)
             responses = failed([p.request for p in batch], Internal(
                 f"model '{self.model_name}': reading the answer of instance '{self.name}' failed: "
                 f"{type(e).__name__}: {e}"))
             timings = now_timings()
-        self._resize(len(message.get("inline") or b""))
+        self._resize(len(message.inline or b""))
         self.on_done(self, batch, responses, timings)
 
     def _resize(self, inline_bytes: int) -> None:
@@ -569,7 +695,7 @@ class ProcessWorker:
         if changed and self.child is not None:
             try:  # the process maps the new segments and lets the old ones go now, not at the next batch
                 self.sent_segments = self._segments()
-                self.child.send({"segments": self.sent_segments})
+                self.child.send(Segments(self.sent_segments))
             except OSError:
                 pass  # it died: its reply pipe's end restarts it
 
@@ -630,10 +756,13 @@ class ProcessWorker:
                     self._readable()  # an answer it wrote before it exited
                 self.child.end()
                 self.child = None
+            for task in self.calls:
+                task.cancel()
+            error = error or Unavailable(f"model '{self.model_name}' is unloading")
+            self._end_streams(error)
             batch, self.batch = self.batch, None
             if batch:
-                self.on_done(self, batch, failed([p.request for p in batch], error or Unavailable(
-                    f"model '{self.model_name}' is unloading")), now_timings())
+                self.on_done(self, batch, failed([p.request for p in batch], error), now_timings())
             self._drop_segments()
 
     def _drop_segments(self) -> None:

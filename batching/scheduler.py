@@ -183,7 +183,7 @@ class Scheduler:
                                           f"to run the request"))
         deadline = None if timeout is None else self.loop.time() + timeout
         error = Unavailable(f"model '{self.model_name}' is unloading (or the server is stopping) and the "
-                            f"request did not finish within {timeout or 0:g} s")
+                            f"request did not finish within {timeout or 0:.3g} s")
         if not self._idle_and_empty():
             try:
                 await asyncio.wait_for(self.drained.wait(), timeout)

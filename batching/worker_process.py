@@ -1,19 +1,105 @@
 """The child side of a ProcessWorker: `python -m naiad.batching.worker_process REQUEST_FD REPLY_FD`.
-Sets up one model instance, then runs the batches the server sends until the request pipe closes."""
+Sets up one model instance, then runs the batches the server sends until the request pipe closes.
+
+The main thread runs the batches. A reader thread takes every message off the request pipe: batches
+go to the main thread; answers to the model's BLS calls and cancelled streams are dealt with at once,
+even while a batch runs (the batch may be the one waiting for them). Replies are written from any
+thread (a decoupled model sends from its own), one whole message at a time."""
 from __future__ import annotations
 
 import logging
-import os
+import queue
 import signal
 import sys
+import threading
+from itertools import count
 
+from naiad.backends import python_api
+from naiad.backends.bls import BlsClient, Deliver
 from naiad.batching.instances import close_instance, create_instance, execute
-from naiad.batching.processes import (Receiver, Segment, layout_size, read_tensor, send, tensor_bytes,
-                                      write_tensors)
-from naiad.daemon.errors import ConfigError, Internal
+from naiad.batching.processes import (BatchDone, Call, CallAnswer, Receiver, Segment, Segments,
+                                      SettingUp, SetUp, Setup, StreamCancelled, Streamed, layout_size,
+                                      read_tensor, send, tensor_bytes, write_tensors)
+from naiad.daemon import logs
+from naiad.daemon.errors import ConfigError, Internal, Unavailable
 from naiad.daemon.inference import InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger(__name__)
+
+
+class Replies:
+    """The reply pipe, written whole message by whole message from any thread."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, message) -> None:
+        with self.lock:
+            send(self.fd, message)
+
+
+class PipeSink:
+    """A decoupled request's responses, sent to the server as the model sends them."""
+
+    def __init__(self, key: int, replies: Replies, streams: dict[int, "PipeSink"]):
+        self.key = key
+        self.replies = replies
+        self.streams = streams
+        self.cancelled = False
+
+    def send(self, response: InferResponse | None, final: bool) -> None:
+        if final:
+            self.streams.pop(self.key, None)
+        if not self.cancelled:
+            self.replies.send(Streamed(self.key, response, final))
+
+
+class PipeCalls:
+    """The model's BLS calls, sent to the server; each one's answers come back through the reader
+    thread. When the server goes away, every call still waiting fails."""
+
+    def __init__(self, replies: Replies):
+        self.replies = replies
+        self.ids = count()
+        self.waiting: dict[int, Deliver] = {}
+        self.closed = False
+
+    def start(self, request: InferRequest, stream: bool, timeout: float | None, deliver: Deliver) -> None:
+        call_id = next(self.ids)
+        self.waiting[call_id] = deliver
+        if self.closed:
+            self.answer(CallAnswer(call_id, InferResponse(error=Unavailable("the server is stopping")), True))
+            return
+        self.replies.send(Call(call_id, request, stream, timeout))
+
+    def answer(self, message: CallAnswer) -> None:
+        deliver = self.waiting.pop(message.id, None) if message.final else self.waiting.get(message.id)
+        if deliver is not None:
+            deliver(message.response, message.final)
+
+    def close(self) -> None:
+        self.closed = True
+        for call_id in list(self.waiting):
+            self.answer(CallAnswer(call_id, InferResponse(error=Unavailable("the server is stopping")), True))
+
+
+def read_requests(requests_in: Receiver, batches: queue.SimpleQueue, calls: PipeCalls,
+                  streams: dict[int, PipeSink]) -> None:
+    """The reader thread: until the request pipe ends (then the main thread is told with None)."""
+    try:
+        while (message := requests_in.receive()) is not None:
+            if isinstance(message, CallAnswer):
+                calls.answer(message)
+            elif isinstance(message, StreamCancelled):
+                sink = streams.pop(message.key, None)
+                if sink is not None:
+                    sink.cancelled = True
+            else:
+                batches.put(message)
+    finally:
+        calls.close()
+        batches.put(None)
 
 
 def main(request_fd: int, reply_fd: int) -> int:
@@ -23,35 +109,43 @@ def main(request_fd: int, reply_fd: int) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     requests_in = Receiver(request_fd)
     setup = requests_in.receive()
-    if setup is None:
+    if not isinstance(setup, Setup):
         return 0
-    files, spec = setup["files"], setup["spec"]
-    logging.basicConfig(level=setup["log_level"], stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname).1s {files.name}/{spec.name}[{os.getpid()}] "
-                               f"%(name)s: %(message)s")
-    send(reply_fd, {"setting_up": True})  # the server times the set-up from here
+    files, spec = setup.files, setup.spec
+    # the server's log settings when this process started: the environment carries them
+    logs.setup(logs.inherited(), process=f"{files.name}/{spec.name}", model=files.name)
+    replies = Replies(reply_fd)
+    calls = PipeCalls(replies)
+    python_api.connect(BlsClient(calls.start))
+    streams: dict[int, PipeSink] = {}
+    batches: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=read_requests, args=(requests_in, batches, calls, streams), daemon=True,
+                     name="naiad-requests").start()
+    replies.send(SettingUp())  # the server times the set-up from here
     try:
         instance = create_instance(files, spec)  # never raises but ConfigError, even for SystemExit
     except ConfigError as e:
-        send(reply_fd, {"error": e.problems})
+        replies.send(SetUp(e.problems))
         return 1
-    send(reply_fd, {"ready": True})
+    replies.send(SetUp())
     inputs = outputs = None
-    while (message := requests_in.receive()) is not None:
-        if "segments" in message:
+    while (message := batches.get()) is not None:
+        if message.segments is not None:
             for segment in (inputs, outputs):
                 if segment is not None:
                     segment.close()
-            in_path, in_size, out_path, out_size = message["segments"]
+            in_path, in_size, out_path, out_size = message.segments
             inputs, outputs = Segment(in_path, in_size, False), Segment(out_path, out_size, False)
-        if "requests" not in message:  # new segments only: the server gave back a large one
+        if isinstance(message, Segments):  # new segments only: the server gave back a large one
             continue
         requests = []
-        for model, version, request_id, parameters, requested, batch_size, described in message["requests"]:
+        for model, version, request_id, parameters, requested, batch_size, key, described in message.requests:
             tensors = dict(read_tensor(inputs.map, d, copy=False) for d in described)
             wanted = None if requested is None else [RequestedOutput(name) for name in requested]
-            requests.append(InferRequest(model, version, tensors, wanted, request_id, parameters,
-                                         batch_size=batch_size))
+            request = InferRequest(model, version, tensors, wanted, request_id, parameters, batch_size=batch_size)
+            if key is not None:
+                request.sink = streams[key] = PipeSink(key, replies, streams)
+            requests.append(request)
         responses, timings = execute(files.name, instance, requests)
         try:
             reply = _reply(responses, timings, outputs)
@@ -60,12 +154,12 @@ def main(request_fd: int, reply_fd: int) -> int:
             error = Internal(f"model '{files.name}': its outputs could not be sent back: "
                              f"{type(e).__name__}: {e}")
             reply = _reply([InferResponse(error=error) for _ in responses], timings, outputs)
-        send(reply_fd, reply)
+        replies.send(reply)
     close_instance(files.name, instance)
     return 0
 
 
-def _reply(responses, timings, outputs: Segment) -> dict:
+def _reply(responses, timings, outputs: Segment) -> BatchDone:
     """Outputs go into the output segment, or in the message itself when they do not fit."""
     named = [[(n, a) for n, a in r.outputs.items()] for r in responses if r.error is None]
     raws = [[tensor_bytes(a) for _, a in tensors] for tensors in named]
@@ -83,11 +177,8 @@ def _reply(responses, timings, outputs: Segment) -> dict:
         described, offset = write_tensors(target, named[i], raws[i], offset)
         answers.append({"outputs": described, "parameters": response.parameters})
         i += 1
-    message = {"responses": answers, "timings": (timings.start_ns, timings.input_ns, timings.infer_ns,
-                                                  timings.output_ns)}
-    if inline is not None:
-        message["inline"] = bytes(inline)
-    return message
+    timings = (timings.start_ns, timings.input_ns, timings.infer_ns, timings.output_ns)
+    return BatchDone(answers, timings, bytes(inline) if inline is not None else None)
 
 
 class _Bytes:

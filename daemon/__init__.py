@@ -10,5 +10,5 @@ except metadata.PackageNotFoundError:
 
 # The protocol extensions naiad serves (ServerMetadata.extensions, GET /v2).
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics",
-              "parameters"]
+              "parameters", "logging"]
 

@@ -1,12 +1,13 @@
 """The channel between a frontend process and the process that owns the models: a Unix socket that
 carries length-prefixed pickled messages both ways. A frontend sends `Call`s (a DataPlane method and
 its arguments) and gets `Reply`s, matched by id, many in flight at once; the model process runs each
-call on its DataPlane. Small tensors travel inside the messages, large ones through the tensor arenas
+call on its DataPlane. A `stream` call gets its responses as `Partial`s, then its Reply. Small tensors travel inside the messages, large ones through the tensor arenas
 (arena.py)."""
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 import pickle
 import struct
 import sys
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from naiad.batching.processes import Segment
+from naiad.daemon import logs
 from naiad.daemon.arena import Arena
 from naiad.daemon.dataplane import METHODS, DataPlane
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
@@ -36,6 +38,12 @@ class Reply(NamedTuple):
     id: int
     value: Any = None
     error: NaiadError | None = None
+
+
+class Partial(NamedTuple):
+    """One response of a `stream` call: (version, packed response or None, final)."""
+    id: int
+    value: tuple
 
 
 @dataclass(slots=True)
@@ -162,6 +170,7 @@ class RemoteDataPlane:
         self.replies = replies   # the model process's arena for this frontend, mapped
         # id -> (the call's future, its method, the blocks of the arena its inputs took)
         self.pending: dict[int, tuple[asyncio.Future, str, list]] = {}
+        self.partials: dict[int, asyncio.Queue] = {}   # a stream call's responses, until its Reply
         self.next_id = 0
         self.lost = asyncio.Event()
         self.protocol = MessageProtocol(self._reply, self._lost)
@@ -170,7 +179,31 @@ class RemoteDataPlane:
         taken = self.arena.place(request) if self.arena is not None else []
         return await self._call("infer", (pack_request(request),), taken)
 
+    async def stream(self, request: InferRequest) -> AsyncIterator[tuple[str, InferResponse | None, bool]]:
+        taken = self.arena.place(request) if self.arena is not None else []
+        call_id, ended = self._start("stream", (pack_request(request),), taken)
+        responses = self.partials[call_id] = asyncio.Queue()
+        ended.add_done_callback(lambda _: responses.put_nowait(None))
+        try:
+            while (item := await responses.get()) is not None:
+                yield item
+            await ended  # raises the call's error
+        finally:
+            self.partials.pop(call_id, None)
+            if not ended.done():  # the consumer went away first
+                self._cancel(call_id, taken)
+                ended.cancel()  # its Reply still comes, and gives back the arena's space
+
     async def _call(self, method: str, args: tuple, taken: list | None = None):
+        call_id, future = self._start(method, args, taken)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if method == "infer":
+                self._cancel(call_id, taken)
+            raise
+
+    def _start(self, method: str, args: tuple, taken: list | None) -> tuple[int, asyncio.Future]:
         if self.lost.is_set():
             raise Unavailable("the server is shutting down")
         self.next_id += 1
@@ -178,25 +211,32 @@ class RemoteDataPlane:
         call_id = self.next_id
         self.pending[call_id] = (future, method, taken)
         self.protocol.send(Call(call_id, method, args))
-        try:
-            return await future
-        except asyncio.CancelledError:
-            # The model process drops the request, unless its inputs are in this frontend's arena: the
-            # model may be reading them, so it runs to its end and the space comes back with its reply.
-            if method == "infer" and not taken and call_id in self.pending and not self.protocol.closed:
-                self.protocol.send(Cancel(call_id))
-            raise
+        return call_id, future
 
-    def _reply(self, reply: Reply) -> None:
+    def _cancel(self, call_id: int, taken: list | None) -> None:
+        # The model process drops the request, unless its inputs are in this frontend's arena: the
+        # model may be reading them, so it runs to its end and the space comes back with its reply.
+        if not taken and call_id in self.pending and not self.protocol.closed:
+            self.protocol.send(Cancel(call_id))
+
+    def _reply(self, reply: Reply | Partial) -> None:
         """A call's answer; done here, whether or not anyone still awaits it (a client that went away),
         so that the arenas' space always comes back."""
+        if isinstance(reply, logs.LogSettings):  # the server's log settings changed
+            logs.apply(reply)
+            return
+        if isinstance(reply, Partial):
+            version, packed, final = reply.value
+            response = None if packed is None else self._unpack(packed)
+            responses = self.partials.get(reply.id)
+            if responses is not None:
+                responses.put_nowait((version, response, final))
+            return
         future, method, taken = self.pending.pop(reply.id, (None, "", None))
         if taken:
             self.arena.give_back(taken)
         if method == "infer" and reply.error is None:
-            response = unpack_response(reply.value[1])
-            self._copy_out(response)
-            reply = Reply(reply.id, (reply.value[0], response))
+            reply = Reply(reply.id, (reply.value[0], self._unpack(reply.value[1])))
         if future is None or future.done():
             return
         if reply.error is not None:
@@ -204,8 +244,10 @@ class RemoteDataPlane:
         else:
             future.set_result(reply.value)
 
-    def _copy_out(self, response: InferResponse) -> None:
-        """Outputs in the model process's arena become arrays of their own; the space goes back."""
+    def _unpack(self, packed: tuple) -> InferResponse:
+        """A response as the model process sent it: outputs in its arena become arrays of their own,
+        and the space goes back."""
+        response = unpack_response(packed)
         blocks = []
         for name, output in response.outputs.items():
             if isinstance(output, ArenaOutput):
@@ -214,9 +256,10 @@ class RemoteDataPlane:
                 blocks.append((output.offset, output.nbytes))
         if blocks:
             self.protocol.send(Release(blocks))
+        return response
 
     def _lost(self) -> None:
-        self.lost.set()
+        self.lost.set()  # pending stream calls end with their future
         error = Unavailable("the server's model process is gone")
         for future, _, _ in self.pending.values():
             if not future.done():
@@ -291,8 +334,14 @@ class PlaneServer:
     async def _run(self, call: Call) -> None:
         infer = call.method == "infer"
         try:
-            args = (unpack_request(call.args[0]),) if infer else call.args
-            value = await getattr(self.plane, call.method)(*args)
+            if call.method == "stream":
+                async for version, response, final in self.plane.stream(unpack_request(call.args[0])):
+                    packed = None if response is None else self._pack(response)
+                    self.protocol.send(Partial(call.id, (version, packed, final)))
+                value = None
+            else:
+                args = (unpack_request(call.args[0]),) if infer else call.args
+                value = await getattr(self.plane, call.method)(*args)
         except NaiadError as e:
             self.protocol.send(Reply(call.id, error=e))
         except Exception as e:
@@ -301,10 +350,14 @@ class PlaneServer:
         else:
             if infer:
                 version, response = value
-                if self.arena is not None and not self.protocol.closed:
-                    self._place_outputs(response)
-                value = (version, pack_response(response))
+                value = (version, self._pack(response))
             self.protocol.send(Reply(call.id, value))
+
+    def _pack(self, response: InferResponse) -> tuple:
+        """A response for the frontend: large outputs go into the arena when there is one."""
+        if self.arena is not None and not self.protocol.closed:
+            self._place_outputs(response)
+        return pack_response(response)
 
     def _place_outputs(self, response: InferResponse) -> None:
         for name, output in response.outputs.items():

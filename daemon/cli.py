@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from naiad.daemon import VERSION, repository
+from naiad.clients import cli as client_cli
+from naiad.daemon import VERSION, logs, repository
 from naiad.daemon.frontends import default_count
 from naiad.daemon.registry import MODES, read_model
 from naiad.daemon.server import serve
@@ -31,6 +32,16 @@ def _at_least_one(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
+    return value
+
+
+def _at_least_zero(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
     return value
 
 
@@ -97,11 +108,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes that share the gRPC and HTTP ports and do the wire work; 1 serves "
                             "them from the server's own process (default: one for every two cores, "
                             "at most 8; 1 on two cores or fewer: %(default)s here)")
-    serve.add_argument("--log-verbose", type=int, default=d.log_verbose, metavar="LEVEL",
-                       help="0: info; 1 or more: debug")
+    serve.add_argument("--strict-readiness", type=_flag_bool, default=d.strict_readiness, metavar="BOOL",
+                       help="true: ready only while every model that should be loaded serves; false: "
+                            "ready once the models of the start have been tried (default: %(default)s)")
+    serve.add_argument("--log-verbose", type=_at_least_zero, default=d.log_verbose, metavar="LEVEL",
+                       help="0: info and above; 1 or more: debug lines too, one per request among them")
+    serve.add_argument("--log-format", choices=logs.FORMATS, default=d.log_format,
+                       help="text lines, or one JSON object per line (default: %(default)s)")
+    serve.add_argument("--log-info", type=_flag_bool, default=d.log_info, metavar="BOOL")
+    serve.add_argument("--log-warning", type=_flag_bool, default=d.log_warning, metavar="BOOL")
+    serve.add_argument("--log-error", type=_flag_bool, default=d.log_error, metavar="BOOL")
 
     validate = commands.add_parser("validate", help="check a model repository without serving it")
     validate.add_argument("path", type=Path)
+    client_cli.add_commands(commands)   # infer, models, perf: naiad's client (clients/cli.py)
     return parser
 
 
@@ -131,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return _validate(args.path)
-    logging.basicConfig(level=logging.DEBUG if args.log_verbose else logging.INFO,
-                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command in client_cli.COMMANDS:
+        return client_cli.run(args)
+    logs.setup(logs.LogSettings(format=args.log_format, verbose=args.log_verbose, info=args.log_info,
+                                warning=args.log_warning, error=args.log_error))
     settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
     try:
         asyncio.run(serve(settings))

@@ -8,24 +8,31 @@ process; so every method is a coroutine and takes and returns plain, picklable v
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
 
-from naiad.daemon import EXTENSIONS, SERVER_NAME, VERSION, cuda
-from naiad.daemon.errors import InvalidArgument
+from naiad.daemon import EXTENSIONS, SERVER_NAME, VERSION, cuda, logs
+from naiad.daemon.errors import InvalidArgument, Unimplemented
 from naiad.daemon.inference import InferRequest, InferResponse, SharedInput
 from naiad.daemon.model_config import to_dict
 from naiad.daemon.registry import Registry
 from naiad.daemon.shared_memory import SharedMemory
 
 # the methods a frontend calls (RemoteDataPlane forwards exactly these)
-METHODS = ("infer", "ready", "model_ready", "server_metadata", "model_metadata", "model_config",
+METHODS = ("infer", "stream", "ready", "model_ready", "server_metadata", "model_metadata", "model_config",
            "statistics", "index", "load", "unload", "register_system", "register_cuda", "unregister",
-           "region_status", "check_shared_memory")
+           "region_status", "check_shared_memory", "log_settings", "update_log_settings")
+
+log = logging.getLogger(__name__)
 
 
 class DataPlane:
-    def __init__(self, registry: Registry, shared_memory: SharedMemory):
+    def __init__(self, registry: Registry, shared_memory: SharedMemory, strict_readiness: bool = True):
         self.registry = registry
         self.shared_memory = shared_memory
+        self.strict_readiness = strict_readiness
+        # called with new log settings, for the processes that log on their own (frontends.py)
+        self.log_listeners: list[Callable[[logs.LogSettings], None]] = []
 
     async def infer(self, request: InferRequest) -> tuple[str, InferResponse]:
         """Run a request on the model version it names: the version that ran it, and its response.
@@ -46,10 +53,27 @@ class DataPlane:
         running.add_done_callback(release)
         return served.version_text, await asyncio.shield(running)
 
+    async def stream(self, request: InferRequest) -> AsyncIterator[tuple[str, InferResponse | None, bool]]:
+        """The responses to a request as its model sends them: (version, response, final); a model
+        that is not decoupled sends one. Raises NaiadError before the first when the request fails."""
+        served = self.registry.get(request.model_name, request.model_version)
+        if not served.decoupled:
+            yield (*await self.infer(request), True)
+            return
+        if any(output.where is not None for output in request.requested_outputs or ()):
+            raise Unimplemented(f"model '{served.name}' is decoupled: its outputs come in the responses, "
+                                f"not in shared memory")
+        used = self.shared_memory.attach(request) if _uses_shared_memory(request) else []
+        try:
+            async for response, final in served.stream(request):
+                yield served.version_text, response, final
+        finally:
+            self.shared_memory.detach(used)
+
     # --- health and metadata ----------------------------------------------------------------------
 
     async def ready(self) -> bool:
-        return self.registry.ready
+        return self.registry.server_ready(self.strict_readiness)
 
     async def model_ready(self, name: str, version: str) -> bool:
         return self.registry.is_ready(name, version)
@@ -98,6 +122,23 @@ class DataPlane:
 
     async def unload(self, name: str) -> None:
         await self.registry.unload(name)
+
+    # --- logging (Triton's logging extension) -----------------------------------------------------
+
+    async def log_settings(self) -> dict:
+        return logs.current().to_triton()
+
+    async def update_log_settings(self, changes: dict) -> dict:
+        """Change the log settings of every process of the server; raises InvalidArgument naming a bad
+        key. Frontend processes change at once, worker processes when they next start."""
+        settings = logs.current().updated(changes)
+        if settings == logs.current():
+            return settings.to_triton()
+        logs.apply(settings)
+        for listener in self.log_listeners:
+            listener(settings)
+        log.info("log settings changed: %s", settings.to_triton())
+        return settings.to_triton()
 
     # --- client shared memory ---------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 
 from naiad.batching.processes import Segment, wait_for_exit
-from naiad.daemon import grpc_frontend, http_frontend
+from naiad.daemon import grpc_frontend, http_frontend, logs
 from naiad.daemon.arena import Arena
 from naiad.daemon.channel import PlaneServer, RemoteDataPlane, Started
 from naiad.daemon.dataplane import DataPlane
@@ -75,7 +75,9 @@ class FrontendPool:
         self.settings = settings
         self.plane = plane
         self.processes: dict[int, subprocess.Popen] = {}
+        self.channels: dict[int, PlaneServer] = {}   # each frontend's, for the log settings
         self.stopping = False
+        plane.log_listeners.append(self._send_log_settings)
 
     async def start(self) -> None:
         """Start every frontend and wait until each listens; raises OSError when one cannot."""
@@ -96,6 +98,7 @@ class FrontendPool:
         arena = None
         server = PlaneServer(self.plane, started, lambda: self._lost(index, process, arena, replies), replies)
         await loop.create_connection(lambda: server.protocol, sock=ours)
+        self.channels[index] = server
         message: Started = await started
         if message.error is not None:
             raise OSError(message.error)
@@ -103,6 +106,10 @@ class FrontendPool:
         if arena is not None:
             self.plane.shared_memory.add_internal(*arena)
         log.info("frontend process %d listening (pid %d)", index, process.pid)
+
+    def _send_log_settings(self, settings: logs.LogSettings) -> None:
+        for channel in self.channels.values():
+            channel.protocol.send(settings)
 
     def _lost(self, index: int, process: subprocess.Popen, arena: tuple[str, int] | None,
               replies: Arena | None) -> None:
@@ -185,8 +192,7 @@ def main(argv: list[str]) -> int:
     replies = Segment(argv[2], int(argv[3]), create=False) if len(argv) > 2 else None
     # Ctrl-C reaches the whole process group: the server decides when its frontends stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.DEBUG if settings.log_verbose else logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname).1s frontend[{os.getpid()}] %(name)s: %(message)s")
+    logs.setup(logs.inherited(), process="frontend")   # the server's settings, from the environment
     asyncio.run(_serve(fd, settings, replies))
     return 0
 

@@ -35,6 +35,9 @@ CONTENTS_FIELD = {
 # requests of one ModelStreamInfer stream in flight at once, their responses waiting to be written
 # included; a client that sends more without reading is held back by HTTP/2 flow control
 STREAM_IN_FLIGHT = 64
+# a stream request's parameter asking each response to carry the second one (Triton's names)
+FINAL_FLAG_REQUEST = "triton_enable_empty_final_response"
+FINAL_FLAG_RESPONSE = "triton_final_response"
 
 
 # --- wire to core --------------------------------------------------------------------------------
@@ -157,6 +160,11 @@ def _set_parameter(target: pb.InferParameter, value) -> None:
         target.string_param = str(value)
 
 
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id))
+
+
 def _placed_parameters(placed: Placed) -> dict:
     found = {SHM_REGION: placed.where.region, SHM_BYTE_SIZE: placed.where.byte_size}
     if placed.where.offset:
@@ -192,6 +200,8 @@ def _rpc(method):
     """Map naiad's errors to gRPC status codes; an unexpected error becomes INTERNAL, logged."""
     @functools.wraps(method)
     async def wrapper(self, request, context):
+        if log.isEnabledFor(logging.DEBUG):  # --log-verbose: a line per call
+            log.debug("gRPC %s", method.__name__)
         try:
             if isinstance(request, Undecodable):
                 raise request.refuse()
@@ -216,43 +226,54 @@ class InferenceService:
     def __init__(self, plane: DataPlane):
         self.plane = plane
 
-    async def _infer(self, message: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _decode(self, message: pb.ModelInferRequest) -> InferRequest:
         if isinstance(message, Undecodable):
             raise message.refuse()
         try:
-            request = decode_request(message)
+            return decode_request(message)
         except InvalidArgument:
             # an unknown model is the first thing to report
             await self.plane.model_metadata(message.model_name, message.model_version)
             raise
-        version, response = await self.plane.infer(request)
-        return encode_response(request, version, response)
 
     @_rpc
     async def ModelInfer(self, message, context):
-        return await self._infer(message)
+        request = await self._decode(message)
+        version, response = await self.plane.infer(request)
+        return encode_response(request, version, response)
 
     async def ModelStreamInfer(self, messages, context):
-        """Each request runs as it arrives; each response (or its error) is written as it is done.
-        At most STREAM_IN_FLIGHT requests of the stream are in flight, unwritten responses included:
-        at that bound the stream is not read until a response has been written, so HTTP/2 flow
-        control holds back a client that sends faster than it reads."""
-        done: asyncio.Queue = asyncio.Queue()
+        """Each request runs as it arrives; its responses (one, or a decoupled model's many, in the
+        order the model sent them) are written as they come. At most STREAM_IN_FLIGHT requests of
+        the stream are in flight, unwritten responses included: at that bound the stream is not read
+        until a request's last response has been written, so HTTP/2 flow control holds back a client
+        that sends faster than it reads."""
+        done: asyncio.Queue = asyncio.Queue(STREAM_IN_FLIGHT)   # (response message, request's last)
         running: set[asyncio.Task] = set()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
         async def one(message):
             echo = pb.ModelInferRequest() if isinstance(message, Undecodable) else message
             try:
-                await done.put(pb.ModelStreamInferResponse(infer_response=await self._infer(message)))
+                request = await self._decode(message)
+                # Triton's flag: every response says whether it is the last; a model's bare "done"
+                # becomes an empty last response (else it is not sent)
+                flagged = request.parameters.get(FINAL_FLAG_REQUEST) is True
+                async for version, response, final in self.plane.stream(request):
+                    if response is None and not (final and flagged):
+                        continue
+                    if response is not None and response.error is not None:
+                        await done.put((_stream_error(echo, response.error.message), final))
+                        continue
+                    encoded = encode_response(request, version, response or InferResponse())
+                    if flagged:
+                        _set_parameter(encoded.parameters[FINAL_FLAG_RESPONSE], final)
+                    await done.put((pb.ModelStreamInferResponse(infer_response=encoded), final))
             except Exception as e:
                 if not isinstance(e, NaiadError):
                     log.exception("gRPC ModelStreamInfer failed")
-                await done.put(pb.ModelStreamInferResponse(
-                    error_message=e.message if isinstance(e, NaiadError) else f"{type(e).__name__}: {e}",
-                    infer_response=pb.ModelInferResponse(model_name=echo.model_name,
-                                                         model_version=echo.model_version,
-                                                         id=echo.id)))
+                await done.put((_stream_error(echo, e.message if isinstance(e, NaiadError)
+                                              else f"{type(e).__name__}: {e}"), True))
 
         async def read():
             try:
@@ -269,10 +290,14 @@ class InferenceService:
         reader = asyncio.create_task(read())
         try:
             while (item := await done.get()) is not None:
-                yield item  # returns once the response is written
-                slots.release()
+                response, last = item
+                yield response  # returns once the response is written
+                if last:
+                    slots.release()
         finally:
             reader.cancel()
+            for task in running:  # the client went away: its requests' streams end
+                task.cancel()
 
     @_rpc
     async def ServerLive(self, message, context):
@@ -353,7 +378,18 @@ class InferenceService:
         return json_format.ParseDict({"regions": regions}, pb.CudaSharedMemoryStatusResponse())
 
     TraceSetting = _unimplemented("tracing")
-    LogSettings = _unimplemented("changing log settings at run time")
+
+    @_rpc
+    async def LogSettings(self, message, context):
+        """Triton's logging extension: no settings asks for them, some change them."""
+        changes = {key: _parameter(value) for key, value in message.settings.items()}
+        settings = await (self.plane.update_log_settings(changes) if changes else self.plane.log_settings())
+        response = pb.LogSettingsResponse()
+        for key, value in settings.items():
+            kind = ("bool_param" if isinstance(value, bool) else "uint32_param" if isinstance(value, int)
+                    else "string_param")
+            setattr(response.settings[key], kind, value)
+        return response
 
 
 class HealthService:

@@ -391,6 +391,8 @@ def encode_response(request: InferRequest, model_version: str, response: InferRe
 @web.middleware
 async def _errors(request: web.Request, handler) -> web.StreamResponse:
     """Every error leaves as {"error": "..."} with the status its kind maps to."""
+    if log.isEnabledFor(logging.DEBUG):  # --log-verbose: a line per request
+        log.debug("HTTP %s %s", request.method, request.path)
     try:
         return await handler(request)
     except BodyTimeout as e:
@@ -494,6 +496,18 @@ class Endpoints:
             raise InvalidArgument("the request body must be a JSON object with an object 'parameters'")
         return parameters
 
+    # --- logging (Triton's logging extension) -----------------------------------------------------
+
+    async def log_settings(self, request):
+        return _json(await self.plane.log_settings())
+
+    async def update_log_settings(self, request):
+        body = await self._json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidArgument('the request body must be a JSON object of log settings, such as '
+                                  '{"log_verbose_level": 1}')
+        return _json(await self.plane.update_log_settings(body))
+
     # --- shared memory ----------------------------------------------------------------------------
 
     async def system_register(self, request):
@@ -584,6 +598,8 @@ def make_app(plane: DataPlane, settings: Settings) -> web.Application:
         app.router.add_get(base + "/config", e.model_config)
         add_post(base + "/infer", e.infer)
         app.router.add_get(base + "/stats", e.statistics)
+    from naiad.daemon import http_generate  # here: it builds on this module's decoding
+    http_generate.add_routes(app, plane, settings, add_post)
     add_post("/v2/repository/index", e.repository_index)
     add_post("/v2/repository/models/{model:[^/]+}/load", e.load)
     add_post("/v2/repository/models/{model:[^/]+}/unload", e.unload)
@@ -596,7 +612,8 @@ def make_app(plane: DataPlane, settings: Settings) -> web.Application:
             add_post(scope + "/unregister", e.unregister)
     app.router.add_route("*", "/v2/trace/setting", _unimplemented("tracing"))
     app.router.add_route("*", model + "/trace/setting", _unimplemented("tracing"))
-    app.router.add_route("*", "/v2/logging", _unimplemented("changing log settings at run time"))
+    app.router.add_get("/v2/logging", e.log_settings)
+    add_post("/v2/logging", e.update_log_settings)
     return app
 
 

@@ -2,13 +2,15 @@
 and the places in client shared memory that tensors are read from and written to."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Callable, Protocol, Union
 
 import numpy as np
 
 from naiad.daemon import cuda, datatypes
-from naiad.daemon.errors import InvalidArgument, NaiadError, Unimplemented
+from naiad.daemon.errors import Internal, InvalidArgument, NaiadError, Unimplemented
 
 # a tensor: host memory, or device memory (inputs read in place from a CUDA shared-memory region, and
 # outputs a GPU backend leaves on its device for one)
@@ -74,6 +76,8 @@ class InferRequest:
     timeout_us: int = 0                 # 0: the model's queue policy decides
     batch_size: int = 1                 # set by validation: the first dimension when the model batches
     output_places: dict[str, OutputPlace] = field(default_factory=dict)
+    # a decoupled model's responses go here, one by one (set by ServedModel.stream); None otherwise
+    sink: "ResponseSink | None" = None
 
     @property
     def output_names(self) -> list[str] | None:
@@ -86,6 +90,41 @@ class InferResponse:
     outputs: dict[str, Any] = field(default_factory=dict)     # Tensor, or Placed
     error: NaiadError | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class ResponseSink(Protocol):
+    """Where a decoupled model sends a request's responses, from any thread: zero or more, then one
+    with `final` (the response may then be None: nothing more to say)."""
+    cancelled: bool     # the client went away; the model may stop early (is_cancelled())
+
+    def send(self, response: InferResponse | None, final: bool) -> None: ...
+
+
+class ResponseStream:
+    """A ResponseSink read on the event loop: responses in the order the model sent them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[InferResponse | None, bool]] = asyncio.Queue()
+        self.cancelled = False
+        self.ended = False
+        self.on_cancel: list[Callable[[], None]] = []   # told when the client goes away
+
+    def send(self, response: InferResponse | None, final: bool) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody reads any more
+            self.loop.call_soon_threadsafe(self._put, response, final)
+
+    def _put(self, response: InferResponse | None, final: bool) -> None:
+        if self.ended:  # after the final one (or a failure that ended the stream): dropped
+            return
+        self.ended = final
+        self.queue.put_nowait((response, final))
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled, self.ended = True, True
+            for tell in self.on_cancel:
+                tell()
 
 
 def place_outputs(requests: list[InferRequest], responses: list[InferResponse]) -> None:
@@ -101,6 +140,24 @@ def place_outputs(requests: list[InferRequest], responses: list[InferResponse]) 
                     response.outputs[name] = place.write(name, tensor)
         except NaiadError as e:
             response.outputs, response.error = {}, e
+
+
+def plain_parameters(model_name: str, response: InferResponse) -> InferResponse:
+    """Response parameters as the wire carries them: numpy scalars become Python values; anything but
+    bool, int, float and str fails the response, naming the parameter."""
+    if response.error is not None or not response.parameters:
+        return response
+    plain = {}
+    for key, value in response.parameters.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if not isinstance(key, str) or not isinstance(value, (bool, int, float, str)):
+            return InferResponse(error=Internal(
+                f"model '{model_name}' returned response parameter {key!r} of type "
+                f"{type(value).__name__}; a response parameter must be a bool, int, float or str"))
+        plain[key] = value
+    response.parameters = plain
+    return response
 
 
 def check_tensor_parameters(kind: str, name: str, parameters) -> None:

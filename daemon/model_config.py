@@ -54,7 +54,6 @@ def timeout_seconds(config: "ModelConfig", name: str) -> float | None:
 # nobody believes a setting is in force when it is not.
 UNSUPPORTED = {
     "sequence_batching": "stateful (sequence) models are not supported yet",
-    "ensemble_scheduling": "ensembles are not supported yet",
     "batch_input": "ragged batching is not supported yet",
     "batch_output": "ragged batching is not supported yet",
     "optimization": "optimization policies are not supported yet",
@@ -164,6 +163,24 @@ class TransactionPolicy:
     decoupled: bool = False
 
 
+# the platform (or backend) of an ensemble: steps that run other models, no model file of its own
+ENSEMBLE = "ensemble"
+
+
+@dataclass
+class EnsembleStep:
+    model_name: str = ""
+    model_version: int = -1                 # -1: the member's latest serving version
+    input_map: dict[str, str] = field(default_factory=dict)    # member input -> ensemble tensor
+    output_map: dict[str, str] = field(default_factory=dict)   # member output -> ensemble tensor
+
+
+@dataclass
+class EnsembleScheduling:
+    step: list[EnsembleStep] = field(default_factory=list)
+    max_inflight_requests: int = 0          # per step; 0: no bound
+
+
 def _parameter_value(value: Any, path: str, problems: list[str]) -> str:
     """A parameter is written `key: value` or, as in Triton, `key: {string_value: value}`."""
     if isinstance(value, dict) and set(value) == {"string_value"}:
@@ -188,6 +205,16 @@ class ModelConfig:
     dynamic_batching: DynamicBatching | None = None
     parameters: dict[str, str] = field(default_factory=dict, metadata={"value": _parameter_value})
     model_transaction_policy: TransactionPolicy | None = None
+    ensemble_scheduling: EnsembleScheduling | None = None
+
+    @property
+    def is_ensemble(self) -> bool:
+        return ENSEMBLE in (self.platform, self.backend)
+
+    @property
+    def decoupled(self) -> bool:
+        """Whether the model answers a request with any number of responses (decoupled)."""
+        return bool(self.model_transaction_policy and self.model_transaction_policy.decoupled)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -405,6 +432,40 @@ def _check_batching(config: ModelConfig, problems: list[str]) -> None:
                   problems, " (no bound)")
 
 
+def _check_ensemble(config: ModelConfig, problems: list[str]) -> None:
+    """An ensemble has steps and nothing that only models with a file of their own have; how the
+    steps fit together is checked at load (naiad.ensembles)."""
+    scheduling = config.ensemble_scheduling
+    if not config.is_ensemble:
+        if scheduling is not None:
+            problems.append("ensemble_scheduling: only an ensemble has steps; set platform: ensemble, or "
+                            "remove ensemble_scheduling")
+        return
+    if config.dynamic_batching is not None:
+        problems.append("dynamic_batching: an ensemble does not batch by itself (its members' dynamic "
+                        "batching applies); remove it")
+    if scheduling is None or not scheduling.step:
+        problems.append("ensemble_scheduling.step: missing; an ensemble lists its steps, e.g. step: "
+                        "[{model_name: tokenizer, model_version: -1, input_map: {TEXT: TEXT}, "
+                        "output_map: {INPUT_IDS: ids}}]")
+        return
+    for i, step in enumerate(scheduling.step):
+        where = f"ensemble_scheduling.step[{i}]"
+        if not step.model_name:
+            problems.append(f"{where}.model_name: missing; name the model this step runs")
+        if step.model_version < -1 or step.model_version == 0:
+            problems.append(f"{where}.model_version: expected -1 (the latest) or a version >= 1, got "
+                            f"{step.model_version}")
+        if not step.input_map:
+            problems.append(f"{where}.input_map: missing; map the model's inputs to ensemble tensors, "
+                            f"e.g. input_map: {{INPUT0: TEXT}}")
+        if not step.output_map:
+            problems.append(f"{where}.output_map: missing; map the model's outputs to ensemble tensors, "
+                            f"e.g. output_map: {{OUTPUT0: ids}}")
+    _in_range("ensemble_scheduling.max_inflight_requests", scheduling.max_inflight_requests, 0,
+              MAX_QUEUE_SIZE, problems, " (no bound)")
+
+
 def validate(config: ModelConfig, model_name: str) -> list[str]:
     """Check what the fields mean together; returns the problems found."""
     problems: list[str] = []
@@ -448,6 +509,7 @@ def validate(config: ModelConfig, model_name: str) -> list[str]:
         problems.append(f"instance_group: {instances} instances in all; at most {MAX_INSTANCES} are "
                         f"allowed")
     _check_batching(config, problems)
+    _check_ensemble(config, problems)
     execution = config.parameters.get("execution")
     if execution is not None and execution not in EXECUTION_MODES:
         problems.append(f"parameters.execution: expected one of {', '.join(EXECUTION_MODES)}, got "
@@ -457,8 +519,9 @@ def validate(config: ModelConfig, model_name: str) -> list[str]:
             timeout_seconds(config, name)
         except ValueError as e:
             problems.append(str(e))
-    if config.model_transaction_policy and config.model_transaction_policy.decoupled:
-        problems.append("model_transaction_policy.decoupled: decoupled models are not supported yet")
+    if config.decoupled and config.backend not in ("", "python"):
+        problems.append(f"model_transaction_policy.decoupled: only Python models can be decoupled; "
+                        f"this model's backend is {config.backend}")
     return problems
 
 
@@ -477,7 +540,7 @@ def fill_defaults(config: ModelConfig, model_name: str, auto_kind: str = "KIND_C
     config.name = model_name
     if config.version_policy is None:
         config.version_policy = VersionPolicy(latest=LatestPolicy(1))
-    if not config.instance_group:
+    if not config.instance_group and not config.is_ensemble:  # an ensemble has no instances
         config.instance_group = [InstanceGroup()]
     for i, group in enumerate(config.instance_group):
         if not group.name:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from naiad import backends, batching
+from naiad import backends, batching, ensembles
 from naiad.backends.base import ModelFiles, find_model_file
 from naiad.daemon import gpus, model_config, repository, statistics
 from naiad.daemon.errors import ConfigError, InvalidArgument, NaiadError, NotFound, Unavailable
+from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.model_config import ModelConfig
 from naiad.daemon.served_model import ServedModel
 from naiad.daemon.statistics import ModelStatistics
@@ -77,6 +80,15 @@ class Registry:
                 return served
         raise self._lookup_error(name, version, entry)
 
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run a request on the model version it names; raises NaiadError on failure. Ensemble steps
+        (and Python models calling models) come this way, through each model's own scheduler."""
+        return await self.get(request.model_name, request.model_version).infer(request)
+
+    def stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]:
+        """The responses of the model version the request names, as it sends them (ServedModel.stream)."""
+        return self.get(request.model_name, request.model_version).stream(request)
+
     def _lookup_error(self, name: str, version: str, entry: ModelEntry | None) -> NaiadError:
         # Each message starts as Triton's does, for clients that match on it; naiad's why follows.
         prefix = f"Request for unknown model: '{name}'"
@@ -96,6 +108,24 @@ class Registry:
         served = entry.serving.get(version) if entry is not None else None
         return served is not None and served.scheduler.ready
 
+    def server_ready(self, strict: bool) -> bool:
+        """The start's loads are done and the repository can be read; when strict, every model the
+        server has tried to load also serves all its versions. A model unloaded on request no longer
+        counts (as in Triton); a model loading for the first time does, until it serves."""
+        if not self.ready or self.repository_problem() is not None:
+            return False
+        return not strict or all(
+            entry.state == READY and not entry.failed for entry in self.models.values()
+            if entry.state != UNLOADING and entry.reason != "unloaded")
+
+    def repository_problem(self) -> str | None:
+        """Why the model repository cannot be read, or None when it can."""
+        if not self.repository.is_dir():
+            return f"model repository {self.repository} is not a folder"
+        if not os.access(self.repository, os.R_OK | os.X_OK):
+            return f"model repository {self.repository} cannot be read (permission denied)"
+        return None
+
     def versions_of(self, name: str) -> list[str]:
         return [str(v) for v in sorted(self.models[name].versions)]
 
@@ -107,15 +137,19 @@ class Registry:
             names = self.startup_models
             if "*" in names:
                 names = repository.model_names(self.repository)
+            else:  # an ensemble's members load with it, as Triton does
+                names = await asyncio.to_thread(self._with_members, names)
         else:
             names = repository.model_names(self.repository)
-        if not self.repository.is_dir():
-            log.error("model repository %s is not a folder; no models will load", self.repository)
-        await asyncio.gather(*(self._load(name) for name in names))
+        problem = self.repository_problem()
+        if problem is not None:
+            log.error("%s; no models will load, and the server is not ready until it is", problem)
+        await self._load_in_order(names)
         if self.mode == "poll":
             self._poller = asyncio.create_task(self._poll_forever())
         self.ready = True
-        log.info("server ready: %d model(s) serving", sum(bool(e.versions) for e in self.models.values()))
+        serving = sum(bool(e.versions) for e in self.models.values())
+        log.info("started: %d model(s) serving, %d not", serving, len(self.models) - serving)
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop watching, then unload every model once its requests have finished: within `timeout`
@@ -123,7 +157,13 @@ class Registry:
         self.ready = False
         if self._poller is not None:
             self._poller.cancel()
-        await asyncio.gather(*(self._unload(name, timeout=timeout) for name in list(self.models)))
+        # ensembles first: their requests still need their members
+        started = time.monotonic()
+        pipelines = [name for name, entry in self.models.items() if _is_ensemble(entry)]
+        await asyncio.gather(*(self._unload(name, timeout=timeout) for name in pipelines))
+        left = None if timeout is None else max(timeout - (time.monotonic() - started), 0)
+        await asyncio.gather(*(self._unload(name, timeout=left) for name in list(self.models)
+                               if name not in pipelines))
 
     async def load(self, name: str, config_json: str | None = None,
                    files: dict[str, bytes] | None = None) -> None:
@@ -136,9 +176,17 @@ class Registry:
         config_raw = repository.parse_config_json(config_json) if config_json is not None else None
         if not files and not (self.repository / name).is_dir():
             raise NotFound(f"no model folder '{name}' in the repository {self.repository}")
+        # an ensemble's members that are not serving load first (theirs too), as Triton does
+        members = (member_names(config_raw) if config_raw is not None
+                   else await asyncio.to_thread(self._members_on_disk, name))
+        members = [m for m in members if (self.repository / m).is_dir()]
+        if members:
+            found = await asyncio.to_thread(self._with_members, members)
+            await self._load_in_order([m for m in found if m != name and not self._serving(m, "")])
         reason = await self._load(name, config_raw, files)
         if reason is not None:
             raise InvalidArgument(f"failed to load model '{name}': {reason}")
+        self._recheck_dependents({name})
 
     async def unload(self, name: str) -> None:
         self._check_api_allowed()
@@ -179,7 +227,7 @@ class Registry:
             failure = "; ".join(f"version {v}: {r}" for v, r in failed.items())
             if failed and reloading:
                 await self._retire(loaded.values(), files_dir)
-                return self._failed(entry, [failure], reloading)
+                return self._failed(entry, [failure], reloading, logged=True)
             old, old_dir = entry.versions, entry.files_dir
             entry.publish(loaded)
             entry.failed, entry.files_dir = failed, files_dir
@@ -190,10 +238,11 @@ class Registry:
             await self._retire(old.values(), old_dir)
             return None if loaded else failure
 
-    def _failed(self, entry: ModelEntry, problems: list[str], reloading: bool) -> str:
+    def _failed(self, entry: ModelEntry, problems: list[str], reloading: bool, logged: bool = False) -> str:
         reason = "; ".join(problems)
-        for problem in problems:
-            log.error("model '%s': %s", entry.name, problem)
+        if not logged:  # one line for the failure, with every problem
+            log.error("model '%s' failed to load%s: %s", entry.name,
+                      " (the previous load keeps serving)" if reloading else "", reason)
         if reloading:
             entry.reason = f"the reload failed, the previous load keeps serving: {reason}"
         else:
@@ -213,13 +262,130 @@ class Registry:
     async def _load_version(self, name: str, version: int, path: Path, prepared: Prepared
                             ) -> ServedModel:
         config = prepared.config
+        if config.is_ensemble:
+            return self._load_ensemble(name, version, prepared)
         files = ModelFiles(name, version, prepared.folder.path, path, config)
         execution = config.parameters.get("execution") or backends.get(config.backend).default_execution
         started = time.monotonic()
-        workers = await batching.create_workers(files, execution, gpus.count())
+        workers = await batching.create_workers(files, execution, gpus.count(), models=self)
         stats = ModelStatistics(load_seconds=time.monotonic() - started)
         return ServedModel(name, version, config, batching.make_scheduler(files, execution, workers, stats),
                            stats)
+
+    # --- ensembles --------------------------------------------------------------------------------
+
+    def _load_ensemble(self, name: str, version: int, prepared: Prepared) -> ServedModel:
+        """An ensemble version: its steps checked against the members serving now."""
+        config = prepared.config
+        plan = ensembles.graph(config)
+        problems = ensembles.check_members(config, plan, self._member_configs(plan))
+        for step in plan.steps:
+            if self._uses(step.model_name, name):
+                problems.append(f"ensemble_scheduling.step[{step.index}].model_name: model "
+                                f"'{step.model_name}' runs this ensemble in its own steps; ensembles "
+                                f"cannot form a cycle")
+        if problems:
+            where = str(prepared.folder.config_path or prepared.folder.path / "config.yaml")
+            raise ConfigError([f"{where}: {p}" for p in problems])
+        stats = ModelStatistics()
+        scheduler = ensembles.EnsembleScheduler(name, plan, self.infer, self._member_trouble, stats)
+        return ServedModel(name, version, config, scheduler, stats)
+
+    def _serving(self, name: str, version: str) -> ServedModel | None:
+        entry = self.models.get(name)
+        return entry.serving.get(version) if entry is not None else None
+
+    def _member_configs(self, plan: ensembles.Graph) -> dict[int, ModelConfig | str]:
+        """Each step's member configuration, or why the member is not serving."""
+        found: dict[int, ModelConfig | str] = {}
+        for step in plan.steps:
+            served = self._serving(step.model_name, step.model_version)
+            found[step.index] = (served.config if served is not None
+                                 else self._why_not_serving(step.model_name, step.model_version))
+        return found
+
+    def _why_not_serving(self, name: str, version: str) -> str:
+        """Why model `name` has no serving version `version` ("" when it has)."""
+        entry = self.models.get(name)
+        if entry is None:
+            if (self.repository / name).is_dir():
+                return "it is not loaded"
+            return f"the repository {self.repository} has no model '{name}'"
+        if not entry.versions:
+            return entry.reason or {LOADING: "it is loading", UNLOADING: "it is unloading"}.get(
+                entry.state, "it is not loaded")
+        if version not in entry.serving:
+            return (f"version {version} is not serving; serving versions: "
+                    f"{', '.join(str(v) for v in sorted(entry.versions))}")
+        return ""
+
+    def _member_trouble(self, name: str, version: str) -> str:
+        """Why an ensemble's member cannot take requests now ("" when it can): asked live, so an
+        ensemble is ready exactly when its members are."""
+        why = self._why_not_serving(name, version)
+        return why or self.models[name].serving[version].scheduler.trouble
+
+    def _uses(self, name: str, target: str) -> bool:
+        """Whether serving model `name` runs `target`, in its steps or theirs."""
+        seen, todo = set(), [name]
+        while todo:
+            current = todo.pop()
+            if current == target:
+                return True
+            entry = self.models.get(current)
+            if current in seen or entry is None:
+                continue
+            seen.add(current)
+            for served in entry.versions.values():
+                if isinstance(served.scheduler, ensembles.EnsembleScheduler):
+                    todo += [step.model_name for step in served.scheduler.plan.steps]
+        return False
+
+    def _recheck_dependents(self, names: set[str]) -> None:
+        """After `names` (re)loaded: check the serving ensembles that run them against the members as
+        they are now; a step that no longer fits makes its ensemble unavailable, saying why."""
+        for entry in self.models.values():
+            for served in entry.versions.values():
+                scheduler = served.scheduler
+                if not isinstance(scheduler, ensembles.EnsembleScheduler):
+                    continue
+                if not any(step.model_name in names for step in scheduler.plan.steps):
+                    continue
+                members = self._member_configs(scheduler.plan)
+                if any(isinstance(m, str) for m in members.values()):
+                    continue  # a member not serving: its trouble says so, live
+                problems = ensembles.check_members(served.config, scheduler.plan, members)
+                scheduler.mismatch = "; ".join(problems)
+
+    def _members_on_disk(self, name: str) -> list[str]:
+        """The models that the repository's model `name` runs in its steps ([] if not an ensemble)."""
+        try:
+            return member_names(repository.read_config(repository.read_folder(self.repository / name)))
+        except (NaiadError, OSError):
+            return []
+
+    def _with_members(self, names: list[str]) -> list[str]:
+        """`names` and, for the ensembles among them, the repository's models they run (theirs too)."""
+        found: list[str] = []
+        todo = list(names)
+        while todo:
+            name = todo.pop(0)
+            if name not in found:
+                found.append(name)
+                todo += [m for m in self._members_on_disk(name) if (self.repository / m).is_dir()]
+        return found
+
+    async def _load_in_order(self, names: list[str]) -> None:
+        """Load `names` from the repository, each ensemble after the members among them. Models that
+        run each other (a cycle) load together and their loads say what they miss."""
+        members = await asyncio.to_thread(lambda: {n: set(self._members_on_disk(n)) for n in names})
+        left = set(names)
+        while left:
+            layer = sorted(n for n in left if not members[n] & left) or sorted(left)
+            await asyncio.gather(*(self._load(name) for name in layer))
+            left -= set(layer)
+
+    # --- unloading --------------------------------------------------------------------------------
 
     async def _unload(self, name: str, forget: bool = False, timeout: float | None = None) -> None:
         entry = self.models[name]
@@ -257,7 +423,15 @@ class Registry:
         changed = [name for name, fp in found.items()
                    if name not in self.models or self.models[name].fingerprint != fp]
         await asyncio.gather(*(self._unload(name, forget=True) for name in removed),
-                             *(self._load(name) for name in changed))
+                             self._load_in_order(changed))
+        self._recheck_dependents(set(changed))
+        # ensembles that could not load for want of a member that serves now: try them again
+        loaded = {name for name in changed if self._serving(name, "") is not None}
+        idle = [name for name, entry in self.models.items()
+                if not entry.versions and name in found and name not in changed]
+        waiting = await asyncio.to_thread(
+            lambda: [name for name in idle if loaded & set(self._members_on_disk(name))]) if loaded else []
+        await self._load_in_order(waiting)
 
     def _fingerprints(self) -> dict[str, tuple]:
         return {name: repository.fingerprint(self.repository / name)
@@ -312,13 +486,22 @@ def read_model(path: Path, name: str, config_raw: Any = None) -> Prepared:
     config, problems = model_config.load(raw, name, lambda c: _complete(c, folder))
     if problems:
         raise ConfigError([f"{where}: {p}" for p in problems])
-    backend = backends.get(config.backend)
-    model_config.fill_defaults(config, name, "KIND_GPU" if gpus.count() and backend.uses_gpus() else "KIND_CPU")
+    if config.is_ensemble:
+        try:  # how the steps fit together; how they fit their members is checked at load
+            ensembles.graph(config)
+        except ConfigError as e:
+            raise ConfigError([f"{where}: {p}" for p in e.problems])
+        uses_gpus = False
+    else:
+        uses_gpus = backends.get(config.backend).uses_gpus()
+    model_config.fill_defaults(config, name, "KIND_GPU" if gpus.count() and uses_gpus else "KIND_CPU")
     chosen = repository.select_versions(config.version_policy, list(folder.versions))
     if not chosen:
         found = ", ".join(str(v) for v in sorted(folder.versions)) or "none"
         raise ConfigError([f"{path}: no version folder to serve (found: {found}; the version policy "
                            f"chose none); put the model in a numbered folder such as {path / '1'}"])
+    if config.is_ensemble:  # no model file: an empty version folder, as in Triton
+        return Prepared(folder, config, {v: folder.versions[v] for v in chosen})
     defaults = backends.model_files(config.backend)
     files = [find_model_file(folder.versions[v], config.default_model_filename, defaults) for v in chosen]
     missing = [f for f in files if not f.exists()]
@@ -331,6 +514,9 @@ def read_model(path: Path, name: str, config_raw: Any = None) -> Prepared:
 def _complete(config: ModelConfig, folder: repository.ModelFolder) -> list[str]:
     """Choose the backend (from `backend`, `platform` or the model file's name), then let it fill
     what it can read from the newest version's model file."""
+    if config.is_ensemble:  # nothing to read: the configuration says everything
+        config.platform = config.backend = model_config.ENSEMBLE
+        return []
     if not config.backend:
         config.backend = backends.from_platform(config.platform) or backends.detect(
             [folder.versions[v] for v in sorted(folder.versions)])
@@ -355,6 +541,20 @@ def _complete(config: ModelConfig, folder: repository.ModelFolder) -> list[str]:
     except ConfigError as e:
         return e.problems
     return []
+
+
+def member_names(raw: Any) -> list[str]:
+    """The models a raw configuration runs in its ensemble steps ([] for other models, or for one too
+    broken to tell: its load reports why). Only model names: never a path out of the repository."""
+    try:
+        names = [step["model_name"] for step in raw["ensemble_scheduling"]["step"]]
+        return [n for n in names if isinstance(n, str) and repository.name_problem(n) is None]
+    except (TypeError, KeyError, AttributeError):
+        return []
+
+
+def _is_ensemble(entry: ModelEntry) -> bool:
+    return any(served.config.is_ensemble for served in entry.versions.values())
 
 
 def _problems(error: BaseException) -> list[str]:

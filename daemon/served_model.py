@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,8 +12,8 @@ import numpy as np
 from naiad.batching.scheduler import Scheduler
 from naiad.daemon import datatypes
 from naiad.daemon.datatypes import DataType
-from naiad.daemon.errors import InvalidArgument, NaiadError, Rejected
-from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.errors import Internal, InvalidArgument, NaiadError, Rejected, Unavailable
+from naiad.daemon.inference import InferRequest, InferResponse, ResponseStream
 from naiad.daemon.model_config import ModelConfig, shape_matches, shape_text
 from naiad.daemon.statistics import ModelStatistics
 
@@ -47,11 +48,15 @@ class ServedModel:
         optional = {i.name for i in config.input if i.optional}
         self.required = [spec for spec in self.inputs.values() if spec.name not in optional]
         self.output_names = [o.name for o in config.output]
+        self.decoupled = config.decoupled
 
     # --- the request path -------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Check the request, run it, and return its response; raises NaiadError on failure."""
+        """Check the request, run it, and return its response; raises NaiadError on failure. A
+        decoupled model must answer such a request with exactly one response."""
+        if self.decoupled and request.sink is None:
+            return await self._one_response(request)
         start = time.perf_counter_ns()
         try:
             self.check(request)
@@ -70,6 +75,39 @@ class ServedModel:
             raise error
         self.stats.record_request(time.perf_counter_ns() - start)
         return response
+
+    async def stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]:
+        """The responses to a request as the model sends them, each with whether it is the last (the
+        last may be None: the model said it is done). A model that is not decoupled sends one. A
+        consumer that stops early cancels the request: the model sees it in is_cancelled()."""
+        if not self.decoupled:
+            yield await self.infer(request), True
+            return
+        stream = ResponseStream(asyncio.get_running_loop())
+        request.sink = stream
+        running = asyncio.ensure_future(self.infer(request))
+        running.add_done_callback(lambda task: _after_execute(task, stream))
+        try:
+            while True:
+                response, final = await stream.queue.get()
+                yield response, final
+                if final:
+                    return
+        finally:
+            if not stream.ended:  # the consumer went away first
+                stream.cancel()
+                running.cancel()  # still queued: it never runs
+
+    async def _one_response(self, request: InferRequest) -> InferResponse:
+        responses = [r async for r, _ in self.stream(request) if r is not None]
+        for response in responses:
+            if response.error is not None:
+                raise response.error
+        if len(responses) != 1:
+            raise InvalidArgument(f"model '{self.name}' is decoupled and sent {len(responses)} responses "
+                                  f"to this request; ask for its responses as a stream (gRPC "
+                                  f"ModelStreamInfer, or HTTP generate_stream)")
+        return responses[0]
 
     def check(self, request: InferRequest) -> None:
         """Every input known and of its type and shape, none missing, batch sizes agree, requested
@@ -131,6 +169,20 @@ class ServedModel:
             "outputs": [{"name": o.name, "datatype": o.data_type.name, "shape": batch + list(o.dims)}
                         for o in self.config.output],
         }
+
+
+def _after_execute(running: asyncio.Future, stream: ResponseStream) -> None:
+    """The model's execute has returned (or the request failed before it ran): a failure ends the
+    stream; otherwise the model goes on sending, from wherever it keeps the senders."""
+    if running.cancelled():
+        error = Unavailable("the request was cancelled")
+    else:
+        error = running.exception()
+        if error is None:
+            return
+        if not isinstance(error, NaiadError):
+            error = Internal(f"{type(error).__name__}: {error}")
+    stream.send(InferResponse(error=error), True)
 
 
 def _resolve(reshape: tuple[int, ...], dims: tuple[int, ...], shape: tuple[int, ...]) -> tuple:

@@ -25,7 +25,7 @@ async def serve(settings: Settings) -> None:
     registry = Registry(settings.model_repository, settings.model_control_mode, settings.load_model,
                         settings.repository_poll_secs)
     shared_memory = SharedMemory(settings.allow_client_shm)
-    plane = DataPlane(registry, shared_memory)
+    plane = DataPlane(registry, shared_memory, settings.strict_readiness)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,6 +51,7 @@ async def serve(settings: Settings) -> None:
     fewer_collections()
     try:
         starting = asyncio.create_task(registry.start())
+        starting.add_done_callback(_report_failed_start)
         await stop.wait()
         log.info("shutting down")
         starting.cancel()
@@ -64,6 +65,14 @@ async def serve(settings: Settings) -> None:
             await metrics_runner.cleanup()
         shared_memory.close()
     log.info("stopped")
+
+
+def _report_failed_start(task: asyncio.Task) -> None:
+    """The server stays live but never ready; the log says why."""
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        log.error("loading the models of the start failed: %s: %s; the server will not be ready",
+                  type(error).__name__, error)
 
 
 async def _stop_frontends(pool: FrontendPool | None, grpc_server, http_runner, grace: float) -> None:

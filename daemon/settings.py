@@ -29,4 +29,11 @@ class Settings:
     exit_timeout_secs: float = 30.0           # how long in-flight requests may take at shutdown
     allow_client_shm: bool = False            # clients may register system and CUDA shared memory
     frontends: int = 1                        # processes that serve gRPC and HTTP (1: this process)
-    log_verbose: int = 0
+    # ready only when every model that should serve does (Triton's --strict-readiness); false: once
+    # the start's loads are done
+    strict_readiness: bool = True
+    log_verbose: int = 0                      # 1 or more: debug lines too
+    log_format: str = "text"                  # text | json (one object per line)
+    log_info: bool = True                     # Triton's --log-info, --log-warning, --log-error
+    log_warning: bool = True
+    log_error: bool = True

@@ -1,2 +1,4 @@
-"""Ensemble pipelines and the BLS API (models calling models). Not built yet: a configuration with
-`ensemble_scheduling` is refused with a message that says so."""
+"""Ensemble pipelines: models made of steps that run other models (ensemble.py)."""
+from naiad.ensembles.ensemble import EnsembleScheduler, Graph, Step, check_members, graph
+
+__all__ = ["EnsembleScheduler", "Graph", "Step", "check_members", "graph"]

@@ -3,7 +3,8 @@
     python model_repository/make_models.py [REPOSITORY]    # default: the folder of this script
 
 Needs numpy, onnx, torch and xgboost (`pip install -e '.[test]'` has them). The tests build their
-models with the same functions.
+models with the same functions. `sentiment` (the text_classifier ensemble's classifier) reads the
+tokenizer's vocab.txt.
 """
 from __future__ import annotations
 
@@ -85,11 +86,54 @@ def xgboost_classifier(path: Path, seed: int = 0, rounds: int = 20, depth: int =
     booster.save_model(str(path))
 
 
+# the sentiment classifier's words, each with the class it counts for (its index)
+SENTIMENT_CLASSES = ("negative", "neutral", "positive")
+SENTIMENT_WORDS = {"good": 2, "great": 2, "fast": 2, "like": 1, "new": 1, "work": 1, "##ful": 1,
+                   "slow": 0, "not": 0, "##less": 0}
+
+
+def sentiment_onnx(path: Path, vocab: Path) -> None:
+    """Token ids and attention mask (the tokenizer's outputs, [batch, tokens] INT64) -> class
+    probabilities [batch, 3]: each token found in SENTIMENT_WORDS adds 2 to its class's score, the
+    neutral class starts at 1, softmax. A bag of words, small enough to check by hand."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    tokens = vocab.read_text().splitlines()
+    weights = np.zeros((len(tokens), len(SENTIMENT_CLASSES)), np.float32)
+    for i, token in enumerate(tokens):
+        if token in SENTIMENT_WORDS:
+            weights[i, SENTIMENT_WORDS[token]] = 2.0
+    bias = np.array([0.0, 1.0, 0.0], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["weights", "INPUT_IDS"], ["scores"]),          # [b, t, 3]
+         helper.make_node("Cast", ["ATTENTION_MASK"], ["mask"], to=TensorProto.FLOAT),
+         helper.make_node("Unsqueeze", ["mask", "last"], ["mask3"]),                 # [b, t, 1]
+         helper.make_node("Mul", ["scores", "mask3"], ["kept"]),                     # padding adds 0
+         helper.make_node("ReduceSum", ["kept", "tokens_axis"], ["summed"], keepdims=0),
+         helper.make_node("Add", ["summed", "bias"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["PROBABILITIES"], axis=1)],
+        "sentiment",
+        [helper.make_tensor_value_info("INPUT_IDS", TensorProto.INT64, ["batch", "tokens"]),
+         helper.make_tensor_value_info("ATTENTION_MASK", TensorProto.INT64, ["batch", "tokens"])],
+        [helper.make_tensor_value_info("PROBABILITIES", TensorProto.FLOAT,
+                                       ["batch", len(SENTIMENT_CLASSES)])],
+        [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias"),
+         numpy_helper.from_array(np.array([2], np.int64), "last"),
+         numpy_helper.from_array(np.array([1], np.int64), "tokens_axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
 def main(repository: Path) -> None:
     onnx_mlp(repository / "onnx_mlp" / "1" / "model.onnx")
     torchscript_mlp(repository / "torch_mlp" / "1" / "model.pt")
     xgboost_classifier(repository / "xgboost_classifier" / "1" / "model.json")
-    for name in ("onnx_mlp", "torch_mlp", "xgboost_classifier"):
+    sentiment_onnx(repository / "sentiment" / "1" / "model.onnx",
+                   repository / "tokenizer" / "1" / "vocab.txt")
+    for name in ("onnx_mlp", "torch_mlp", "xgboost_classifier", "sentiment"):
         print(f"wrote {repository / name}")
 
 

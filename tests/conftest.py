@@ -51,7 +51,10 @@ class NaiadServer:
     """A naiad process serving `repository`; its output goes to a log file the tests can read."""
 
     def __init__(self, repository: Path, log_path: Path, *args: str, prefix: tuple[str, ...] = ()):
-        """`prefix`: a command that runs naiad's command line (its arguments follow)."""
+        """`prefix`: a command that runs naiad's command line (its arguments follow). Test servers
+        are ready once their start's loads are done (`--strict-readiness false`), since many serve
+        broken models on purpose; a test passes `--strict-readiness true` in `args` to check the
+        default."""
         self.repository = repository
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log_path = log_path
@@ -61,7 +64,7 @@ class NaiadServer:
                    "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
                    "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                   "--frontends", FRONTENDS[0], *args]
+                   "--frontends", FRONTENDS[0], "--strict-readiness", "false", *args]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 

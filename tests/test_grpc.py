@@ -123,7 +123,6 @@ def test_load_and_unload_refused_outside_explicit_mode(client):
     (lambda c: c.register_system_shared_memory("r", "/key", 16), "--allow-client-shm"),
     (lambda c: c.get_cuda_shared_memory_status(), "--allow-client-shm"),
     (lambda c: c.get_trace_settings(), "not supported yet"),
-    (lambda c: c.get_log_settings(), "not supported yet"),
 ])
 def test_unimplemented_extensions_say_so(client, call, why):
     with pytest.raises(InferenceServerException, match=why) as raised:

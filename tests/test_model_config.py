@@ -54,7 +54,9 @@ def test_misspelled_field_gets_a_suggestion():
 def test_unsupported_triton_fields_are_refused_by_name():
     found = problems({**SIMPLE, "sequence_batching": {}, "ensemble_scheduling": {"step": []}})
     assert "sequence_batching: stateful (sequence) models are not supported yet; remove it" in found
-    assert "ensemble_scheduling: ensembles are not supported yet; remove it" in found
+    # ensembles are supported; steps on a model that is not one are refused
+    assert ("ensemble_scheduling: only an ensemble has steps; set platform: ensemble, or remove "
+            "ensemble_scheduling") in found
 
 
 def test_types_and_values():
