@@ -86,10 +86,12 @@ class StreamCancelled:
 
 @dataclass(slots=True)
 class CallAnswer:
-    """An answer to the model's BLS call `id` (the last one with final)."""
+    """An answer to the model's BLS call `id` (the last one with final); the response's outputs are
+    in `outputs`."""
     id: int
     response: InferResponse | None
     final: bool
+    outputs: "dict | SharedTensors | None" = None
 
 
 # --- the messages: worker process to server --------------------------------------------------------
@@ -121,9 +123,10 @@ class Streamed:
 
 @dataclass(slots=True)
 class Call:
-    """The model calls another model (BLS)."""
+    """The model calls another model (BLS); the request's inputs are in `inputs`."""
     id: int
     request: InferRequest
+    inputs: "dict | SharedTensors"
     stream: bool
     timeout: float | None
 
@@ -203,6 +206,49 @@ class Segment:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+# A BLS call's tensors (or its answer's) that take more than this cross in a shared-memory file of their
+# own; smaller ones travel inside the message.
+SHARE_TENSOR_BYTES = 64 << 10
+
+
+@dataclass(slots=True)
+class SharedTensors:
+    """Tensors in a shared-memory file of their own: one side writes it, the other maps and unlinks it
+    (a file left by a process that died is removed by remove_stale_segments)."""
+    path: str
+    size: int
+    described: list[tuple]
+
+
+def share_tensors(tensors: dict) -> dict | SharedTensors:
+    """Tensors for a message: as they are when small (or when /dev/shm has no room for them), else
+    written into a new shared-memory file."""
+    named = [(name, to_host(tensor)) for name, tensor in tensors.items()]
+    raws = [tensor_bytes(array) for _, array in named]
+    size = layout_size(raws)
+    if size <= SHARE_TENSOR_BYTES:
+        return tensors
+    try:
+        segment = Segment.new(size)
+    except OSError:
+        return tensors
+    try:
+        described, _ = write_tensors(segment, named, raws)
+    finally:
+        segment.close()
+    return SharedTensors(segment.path, size, described)
+
+
+def take_tensors(tensors: dict | SharedTensors) -> dict:
+    """The tensors of a message; shared ones as views of their file, which is unlinked now (the
+    mapping lasts as long as the arrays do)."""
+    if not isinstance(tensors, SharedTensors):
+        return tensors
+    segment = Segment(tensors.path, tensors.size, create=False)
+    os.unlink(tensors.path)
+    return dict(read_tensor(segment.map, d, copy=False) for d in tensors.described)
 
 
 def remove_stale_segments() -> None:
@@ -642,10 +688,14 @@ class ProcessWorker:
     def _serve_call(self, call: Call) -> None:
         def deliver(response: InferResponse | None, final: bool) -> None:
             if child is self.child:  # else the process that asked is gone
+                outputs = None
+                if response is not None and response.outputs:
+                    outputs, response.outputs = share_tensors(response.outputs), {}
                 with contextlib.suppress(OSError):
-                    child.send(CallAnswer(call.id, response, final))
+                    child.send(CallAnswer(call.id, response, final, outputs))
 
         child = self.child
+        call.request.inputs = take_tensors(call.inputs)
         if self.models is None:
             deliver(InferResponse(error=Unavailable("calls to other models are not possible here")), True)
             return

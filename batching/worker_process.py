@@ -19,7 +19,8 @@ from naiad.backends.bls import BlsClient, Deliver
 from naiad.batching.instances import close_instance, create_instance, execute
 from naiad.batching.processes import (BatchDone, Call, CallAnswer, Receiver, Segment, Segments,
                                       SettingUp, SetUp, Setup, StreamCancelled, Streamed, layout_size,
-                                      read_tensor, send, tensor_bytes, write_tensors)
+                                      read_tensor, send, share_tensors, take_tensors, tensor_bytes,
+                                      write_tensors)
 from naiad.daemon import logs
 from naiad.daemon.errors import ConfigError, Internal, Unavailable
 from naiad.daemon.inference import InferRequest, InferResponse, RequestedOutput
@@ -71,9 +72,12 @@ class PipeCalls:
         if self.closed:
             self.answer(CallAnswer(call_id, InferResponse(error=Unavailable("the server is stopping")), True))
             return
-        self.replies.send(Call(call_id, request, stream, timeout))
+        inputs, request.inputs = share_tensors(request.inputs), {}
+        self.replies.send(Call(call_id, request, inputs, stream, timeout))
 
     def answer(self, message: CallAnswer) -> None:
+        if message.outputs is not None:
+            message.response.outputs = take_tensors(message.outputs)  # even when nobody waits any more
         deliver = self.waiting.pop(message.id, None) if message.final else self.waiting.get(message.id)
         if deliver is not None:
             deliver(message.response, message.final)

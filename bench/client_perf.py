@@ -3,13 +3,15 @@
 1. `naiad perf` beside perf_analyzer: throughput and latency of the shipped `simple` model over gRPC at
    each concurrency, the two tools taking turns, each measuring in windows until three agree (10%).
 2. The client-side cost of one call: naiad.clients against tritonclient (gRPC, HTTP, asyncio gRPC),
-   each client in its own process, calling `simple` one call after another with numpy in and out.
-   Wall time per call, and the client process's CPU time per call (its gRPC threads included).
+   both in one process per protocol, taking turns (1,500 calls each, 10 rounds, the order swapped every
+   round), calling `simple` one call after another with numpy in and out. Wall time per call, and the
+   process's CPU time per call (gRPC's threads included); the median of the rounds.
 
-    python bench/client_perf.py [--concurrency 1 4 16] [--window-secs 3] [--rounds 3] [--calls 3000]
+    python bench/client_perf.py [--concurrency 1 4 16] [--window-secs 3] [--rounds 3] [--calls 1500]
+                                [--cost-rounds 10] [--skip-agreement] [--skip-cost]
 
 Needs perf_analyzer (`bash tools/install-perf-analyzer.sh VENV`) and tritonclient (pip's test extra).
-Prints Markdown tables; each cell is the median of the rounds.
+Prints Markdown tables; each throughput cell is the median of --rounds.
 """
 from __future__ import annotations
 
@@ -33,13 +35,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import harness
 
-CLIENTS = ["naiad grpc", "tritonclient grpc", "naiad http", "tritonclient http", "naiad grpc asyncio",
-           "tritonclient grpc asyncio"]
+PAIRS = ["grpc", "http", "grpc asyncio"]
 A = np.arange(16, dtype=np.int32).reshape(1, 16)
 B = np.ones((1, 16), dtype=np.int32)
 
 
-# --- one client's cost per call (run in its own process) ------------------------------------------
+# --- the cost per call: naiad's client and tritonclient, taking turns in one process ----------------
 
 def _naiad_call(client):
     def call():
@@ -48,86 +49,93 @@ def _naiad_call(client):
     return call
 
 
+def _triton_inputs(module):
+    inputs = [module.InferInput("INPUT0", [1, 16], "INT32"), module.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy(A)
+    inputs[1].set_data_from_numpy(B)
+    return inputs
+
+
 def _triton_call(module, client):
     def call():
-        inputs = [module.InferInput("INPUT0", [1, 16], "INT32"), module.InferInput("INPUT1", [1, 16], "INT32")]
-        inputs[0].set_data_from_numpy(A)
-        inputs[1].set_data_from_numpy(B)
-        result = client.infer("simple", inputs)
+        result = client.infer("simple", _triton_inputs(module))
         return result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
     return call
 
 
-def _time(call, calls: int) -> dict:
-    for _ in range(200):
-        call()
+def _timed(call, calls: int) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         call()
     return {"wall_us": (time.perf_counter() - wall) / calls * 1e6, "cpu_us": (time.process_time() - cpu) / calls * 1e6}
 
 
-async def _time_async(call, calls: int) -> dict:
-    for _ in range(200):
-        await call()
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(calls):
-        await call()
-    return {"wall_us": (time.perf_counter() - wall) / calls * 1e6, "cpu_us": (time.process_time() - cpu) / calls * 1e6}
+def _take_turns(callers: dict, calls: int, rounds: int) -> dict:
+    """Each caller `calls` times per round, the order swapped every round; the median of each figure."""
+    for call in callers.values():
+        for _ in range(200):
+            call()
+    found = {name: [] for name in callers}
+    for round_ in range(rounds):
+        for name in (list(callers) if round_ % 2 == 0 else list(reversed(callers))):
+            found[name].append(_timed(callers[name], calls))
+    return {name: {key: statistics.median(m[key] for m in found[name]) for key in ("wall_us", "cpu_us")}
+            for name in found}
 
 
-def one_client(name: str, grpc_port: int, http_port: int, calls: int) -> dict:
+async def _take_turns_async(callers: dict, calls: int, rounds: int) -> dict:
+    for call in callers.values():
+        for _ in range(200):
+            await call()
+    found = {name: [] for name in callers}
+    for round_ in range(rounds):
+        for name in (list(callers) if round_ % 2 == 0 else list(reversed(callers))):
+            call = callers[name]
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                await call()
+            found[name].append({"wall_us": (time.perf_counter() - wall) / calls * 1e6,
+                                "cpu_us": (time.process_time() - cpu) / calls * 1e6})
+    return {name: {key: statistics.median(m[key] for m in found[name]) for key in ("wall_us", "cpu_us")}
+            for name in found}
+
+
+def one_pair(kind: str, grpc_port: int, http_port: int, calls: int, rounds: int) -> dict:
+    """naiad's client and tritonclient over one protocol ("grpc", "http", "grpc asyncio")."""
+    from naiad.clients import AsyncClient, Client
     grpc_url, http_url = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
-    if name == "naiad grpc":
-        from naiad.clients import Client
-        with Client(grpc_url) as client:
-            return _time(_naiad_call(client), calls)
-    if name == "naiad http":
-        from naiad.clients import Client
-        with Client(f"http://{http_url}") as client:
-            return _time(_naiad_call(client), calls)
-    if name == "tritonclient grpc":
+    if kind == "grpc":
         import tritonclient.grpc as module
-        with module.InferenceServerClient(grpc_url) as client:
-            return _time(_triton_call(module, client), calls)
-    if name == "tritonclient http":
+        with Client(grpc_url) as ours, module.InferenceServerClient(grpc_url) as theirs:
+            return _take_turns({"naiad": _naiad_call(ours), "tritonclient": _triton_call(module, theirs)},
+                               calls, rounds)
+    if kind == "http":
         import tritonclient.http as module
-        with module.InferenceServerClient(http_url) as client:
-            return _time(_triton_call(module, client), calls)
-    if name == "naiad grpc asyncio":
-        from naiad.clients import AsyncClient
+        with Client(f"http://{http_url}") as ours, module.InferenceServerClient(http_url) as theirs:
+            return _take_turns({"naiad": _naiad_call(ours), "tritonclient": _triton_call(module, theirs)},
+                               calls, rounds)
+    import tritonclient.grpc as sync_module
+    import tritonclient.grpc.aio as module
 
-        async def run():
-            async with AsyncClient(grpc_url) as client:
-                async def call():
-                    outputs = await client.infer("simple", {"INPUT0": A, "INPUT1": B})
-                    return outputs["OUTPUT0"], outputs["OUTPUT1"]
-                return await _time_async(call, calls)
-        return asyncio.run(run())
-    if name == "tritonclient grpc asyncio":
-        import tritonclient.grpc as sync_module
-        import tritonclient.grpc.aio as module
+    async def run():
+        async with AsyncClient(grpc_url) as ours, module.InferenceServerClient(grpc_url) as theirs:
+            async def naiad_call():
+                outputs = await ours.infer("simple", {"INPUT0": A, "INPUT1": B})
+                return outputs["OUTPUT0"], outputs["OUTPUT1"]
 
-        async def run():
-            async with module.InferenceServerClient(grpc_url) as client:
-                async def call():
-                    inputs = [sync_module.InferInput("INPUT0", [1, 16], "INT32"),
-                              sync_module.InferInput("INPUT1", [1, 16], "INT32")]
-                    inputs[0].set_data_from_numpy(A)
-                    inputs[1].set_data_from_numpy(B)
-                    result = await client.infer("simple", inputs)
-                    return result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
-                return await _time_async(call, calls)
-        return asyncio.run(run())
-    raise SystemExit(f"unknown client '{name}'")
+            async def triton_call():
+                result = await theirs.infer("simple", _triton_inputs(sync_module))
+                return result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
+            return await _take_turns_async({"naiad": naiad_call, "tritonclient": triton_call}, calls, rounds)
+    return asyncio.run(run())
 
 
-def client_cost(name: str, server: harness.Server, calls: int) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--one-client", name, "--grpc-port", str(server.grpc_port),
-                             "--http-port", str(server.http_port), "--calls", str(calls)],
-                            capture_output=True, text=True, timeout=600)
+def pair_cost(kind: str, server: harness.Server, calls: int, rounds: int) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--one-pair", kind, "--grpc-port", str(server.grpc_port),
+                             "--http-port", str(server.http_port), "--calls", str(calls), "--rounds", str(rounds)],
+                            capture_output=True, text=True, timeout=1200, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{result.stderr[-2000:]}")
+        raise SystemExit(f"{kind} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout)
 
 
@@ -167,17 +175,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--window-secs", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--calls", type=int, default=3000, help="calls per client-cost measurement")
+    parser.add_argument("--calls", type=int, default=1500, help="calls per client and round of the cost")
+    parser.add_argument("--cost-rounds", type=int, default=10, help="rounds of the cost, clients taking turns")
     parser.add_argument("--perf-analyzer", default=shutil.which("perf_analyzer")
                         or shutil.which("perf_analyzer", path=os.path.dirname(sys.executable)))
     parser.add_argument("--skip-agreement", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
-    parser.add_argument("--one-client", help=argparse.SUPPRESS)
+    parser.add_argument("--one-pair", help=argparse.SUPPRESS)
     parser.add_argument("--grpc-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one_client:
-        print(json.dumps(one_client(args.one_client, args.grpc_port, args.http_port, args.calls)))
+    if args.one_pair:
+        print(json.dumps(one_pair(args.one_pair, args.grpc_port, args.http_port, args.calls, args.rounds)))
         return
     if not args.skip_agreement and not args.perf_analyzer:
         raise SystemExit("perf_analyzer not found: run `bash tools/install-perf-analyzer.sh VENV`, or --skip-agreement")
@@ -208,15 +217,14 @@ def main() -> None:
                       f"{median([m['p50_us'] for m in found['naiad', c]]):,.0f} |")
             print()
         if not args.skip_cost:
-            costs = {name: [] for name in CLIENTS}
-            for _ in range(args.rounds):
-                for name in CLIENTS:
-                    costs[name].append(client_cost(name, server, args.calls))
-            print("| client | wall µs per call | client CPU µs per call |")
-            print("| --- | --- | --- |")
-            for name in CLIENTS:
-                print(f"| {name} | {median([c['wall_us'] for c in costs[name]]):,.0f} | "
-                      f"{median([c['cpu_us'] for c in costs[name]]):,.0f} |")
+            print("| protocol | naiad wall µs per call | tritonclient wall µs | naiad client CPU µs | "
+                  "tritonclient client CPU µs |")
+            print("| --- | --- | --- | --- | --- |")
+            for kind in PAIRS:
+                cost = pair_cost(kind, server, args.calls, args.cost_rounds)
+                ours, theirs = cost["naiad"], cost["tritonclient"]
+                print(f"| {kind} | {ours['wall_us']:,.0f} | {theirs['wall_us']:,.0f} | {ours['cpu_us']:,.0f} | "
+                      f"{theirs['cpu_us']:,.0f} |")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -162,9 +162,9 @@ def median(found: list[Figures]) -> Figures:
 
 def start_triton(peers: Path, repository: Path) -> harness.Server:
     """Triton on the shared models only (explicit mode): peers.sh takes the ports before the folder."""
-    os.environ["NAIAD_PEERS"] = str(peers)
     loads = " ".join(f"--load-model={name}" for name in SHARED_MODELS)
-    script = f'exec bash "$0" triton "$1" "$2" "$3" "{repository}" --model-control-mode=explicit {loads}'
+    script = (f'NAIAD_PEERS="{peers}" exec bash "$0" triton "$1" "$2" "$3" "{repository}" '
+              f'--model-control-mode=explicit {loads}')
     return harness.start_command(["bash", "-c", script, str(ROOT / "bench" / "peers" / "peers.sh")])
 
 

@@ -215,6 +215,15 @@ def error(e: grpc.RpcError) -> ClientError:
     return ClientError(code.name if code is not None else "UNKNOWN", details or "")
 
 
+def _stub(make, path: str, **serializers):
+    """A method of the channel, registered with it up front as generated stubs do (a few percent less
+    time per call); plain on a grpcio without that."""
+    try:
+        return make(path, _registered_method=True, **serializers)
+    except TypeError:
+        return make(path, **serializers)
+
+
 def _stubs(channel) -> dict:
     """A callable for each RPC of the service, by name."""
     stubs = {}
@@ -222,9 +231,9 @@ def _stubs(channel) -> dict:
         request_class = getattr(pb, method.input_type.name)
         response_class = getattr(pb, method.output_type.name)
         kind = channel.stream_stream if method.client_streaming else channel.unary_unary
-        stubs[method.name] = kind(f"/{SERVICE.full_name}/{method.name}",
-                                  request_serializer=request_class.SerializeToString,
-                                  response_deserializer=response_class.FromString)
+        stubs[method.name] = _stub(kind, f"/{SERVICE.full_name}/{method.name}",
+                                   request_serializer=request_class.SerializeToString,
+                                   response_deserializer=response_class.FromString)
     return stubs
 
 
@@ -254,7 +263,7 @@ class Transport:
 
     def raw(self, method: str):
         """The RPC with bytes in and out: for sending one serialized request many times."""
-        return self.channel.unary_unary(f"/{SERVICE.full_name}/{method}")
+        return _stub(self.channel.unary_unary, f"/{SERVICE.full_name}/{method}")
 
     def close(self) -> None:
         self.channel.close()
@@ -291,7 +300,7 @@ class AsyncTransport:
         """The RPC with bytes in and out: for sending one serialized request many times."""
         if self.channel is None:
             self._open()
-        return self.channel.unary_unary(f"/{SERVICE.full_name}/{method}")
+        return _stub(self.channel.unary_unary, f"/{SERVICE.full_name}/{method}")
 
     async def close(self) -> None:
         if self.channel is not None:

@@ -1,8 +1,8 @@
 """`naiad perf`: a load generator for any v2 server (naiad, Triton, MLServer), in the manner of Triton's
-perf_analyzer. Worker processes (each an asyncio loop of naiad's AsyncClient) keep N requests in flight
-or send at a fixed rate; the coordinator measures in windows until three in a row agree, and reports
-throughput, client-side latency percentiles and the server's own breakdown of each request's time
-(from the statistics extension, before and after the measurement)."""
+perf_analyzer. Worker processes keep N requests in flight (a thread per request, making blocking calls)
+or send at a fixed rate (an asyncio loop); the coordinator measures in windows until three in a row
+agree, and reports throughput, client-side latency percentiles and the server's own breakdown of each
+request's time (from the statistics extension, before and after the measurement)."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,13 @@ from naiad.clients.errors import ClientError
 
 # the server-side parts of a request's time, as the statistics extension names them
 SERVER_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+# gRPC in the worker processes (unless GRPC_EXPERIMENTS is set already): without its EventEngine
+# client, a blocking call polls for its answer itself instead of being handed it by an I/O thread,
+# which took a fifth off the time per call of one client thread on a 2-core machine
+# (bench/client_perf.py; docs/benchmarks.md)
+WORKER_GRPC_EXPERIMENTS = "-event_engine_client"
+# requests in flight per client process (one process keeps up with about 3,000 calls a second)
+SLOTS_PER_PROCESS = 4
 
 
 @dataclass
@@ -401,13 +408,14 @@ class Generator:
         self.failures = context.Array("q", processes, lock=False)
         self.stop = context.Event()
         self.connections, self.processes = [], []
-        for index in range(processes):
-            mine, theirs = context.Pipe()
-            process = context.Process(target=_worker, daemon=True, name=f"naiad-perf-{index}",
-                                      args=(index, plan, theirs, self.counts, self.failures, self.stop))
-            process.start()
-            self.connections.append(mine)
-            self.processes.append(process)
+        with _environment("GRPC_EXPERIMENTS", WORKER_GRPC_EXPERIMENTS):   # the processes started inherit it
+            for index in range(processes):
+                mine, theirs = context.Pipe()
+                process = context.Process(target=_worker, daemon=True, name=f"naiad-perf-{index}",
+                                          args=(index, plan, theirs, self.counts, self.failures, self.stop))
+                process.start()
+                self.connections.append(mine)
+                self.processes.append(process)
         for connection in self.connections:
             ready = connection.recv() if connection.poll(120) else "it did not start within 120 s"
             if ready != "ready":
@@ -417,9 +425,13 @@ class Generator:
     def start(self, mode: str, value: float) -> None:
         self.stop.clear()
         count = len(self.processes)
+        # Requests in flight fill the processes SLOTS_PER_PROCESS at a time (each process is one
+        # connection), as perf_analyzer's threads share a connection a few at a time: a server with
+        # several frontend processes spreads its connections among them.
+        per_process = max(SLOTS_PER_PROCESS, math.ceil(value / count))
         for index, connection in enumerate(self.connections):
             if mode == "concurrency":
-                share = int(value) // count + (1 if index < int(value) % count else 0)
+                share = min(max(int(value) - index * per_process, 0), per_process)
                 connection.send((mode, share, 0.0))
             else:   # each process sends value/count a second, the processes' sends interleaved
                 connection.send((mode, value / count, index / value))
@@ -444,6 +456,7 @@ class Generator:
         return np.concatenate(ends), np.concatenate(latencies), first_error
 
     def close(self) -> None:
+        self.stop.set()    # a level still running (after Ctrl-C, say) ends first
         for connection in self.connections:
             with contextlib.suppress(OSError):
                 connection.send(None)
@@ -451,6 +464,19 @@ class Generator:
             process.join(timeout=10)
             if process.is_alive():
                 process.terminate()
+
+
+@contextlib.contextmanager
+def _environment(name: str, default: str):
+    """The environment variable set to `default` (if it is not set) for the time of the block."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = default
+    try:
+        yield
+    finally:
+        del os.environ[name]
 
 
 def _stable(windows: list[Window], percentage: float) -> bool:
@@ -520,14 +546,11 @@ def _levels(text: str, what: str) -> list[float]:
 
 
 def default_processes(levels: list[float], mode: str) -> int:
-    """Enough client processes that one Python process's gRPC ceiling is not the generator's; one on
-    small machines, where every process takes a core from the server."""
-    spare = (os.cpu_count() or 1) // 4
-    if mode == "concurrency":
-        wanted = math.ceil(max(levels) / 16)
-    else:
-        wanted = math.ceil(max(levels) / 2000)
-    return max(1, min(spare, wanted))
+    """Enough client processes that one Python process's ceiling (about 3,000 calls a second) is not
+    the generator's: one for every 4 requests in flight (or 1,000 a second), at most one for every two
+    cores, at least one."""
+    wanted = math.ceil(max(levels) / (SLOTS_PER_PROCESS if mode == "concurrency" else 1000))
+    return max(1, min((os.cpu_count() or 1) // 2, wanted))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -554,8 +577,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-shared-memory-size", type=int, default=100 * 1024, metavar="BYTES",
                         help="room for an output whose size the metadata leaves open (default: %(default)s)")
     parser.add_argument("--processes", type=int, default=0,
-                        help="client processes sharing the load (default: one per 16 in flight, at most a "
-                             "quarter of the cores, at least 1)")
+                        help="client processes sharing the load (default: one for every 4 requests in "
+                             "flight or 1,000 a second, at most one for every two cores, at least 1)")
     parser.add_argument("--measurement-seconds", type=float, default=3.0,
                         help="each measurement window (default: %(default)s)")
     parser.add_argument("--warmup-seconds", type=float, default=0.5)

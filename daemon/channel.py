@@ -21,7 +21,7 @@ from naiad.daemon import logs
 from naiad.daemon.arena import Arena
 from naiad.daemon.dataplane import METHODS, DataPlane
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
-from naiad.daemon.inference import InferRequest, InferResponse
+from naiad.daemon.inference import InferRequest, InferResponse, RequestedOutput
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,17 @@ def _unpack_tensors(packed: list[tuple]) -> dict:
 
 
 def pack_request(r: InferRequest) -> tuple:
-    return (r.model_name, r.model_version, _pack_tensors(r.inputs), r.requested_outputs, r.id,
-            r.parameters, r.priority, r.timeout_us)
+    outputs = r.requested_outputs
+    if outputs is not None:
+        outputs = [(o.name, o.binary, o.where) for o in outputs]
+    return (r.model_name, r.model_version, _pack_tensors(r.inputs), outputs, r.id, r.parameters, r.priority,
+            r.timeout_us)
 
 
 def unpack_request(packed: tuple) -> InferRequest:
     name, version, inputs, outputs, request_id, parameters, priority, timeout_us = packed
+    if outputs is not None:
+        outputs = [RequestedOutput(*o) for o in outputs]
     return InferRequest(name, version, _unpack_tensors(inputs), outputs, request_id, parameters, priority,
                         timeout_us)
 

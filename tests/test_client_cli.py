@@ -1,15 +1,19 @@
 """`naiad infer`, `naiad models` and `naiad perf` against a running naiad, run as a user runs them."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from naiad.daemon.cli import main
 from tests.conftest import REPO_ROOT, SHIPPED_REPOSITORY, copy_model, session_server
 from tests.test_clients import IDENTITY, SIMPLE, SIMPLE_CONFIG, TRITON_TYPES, types_config, write_model
 
@@ -27,9 +31,24 @@ def cli_server(tmp_path_factory):
     yield from session_server(repository, tmp_path_factory, "cli", "--allow-client-shm", "true")
 
 
-def naiad(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "naiad.daemon", *args], capture_output=True, text=True,
-                            timeout=120)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def naiad(*args: str, check: bool = True) -> Ran:
+    """`naiad ARGS`, run by the command line's own main() in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:     # argparse, and messages given to SystemExit
+            code = e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+    result = Ran(code, out.getvalue(), err.getvalue())
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -80,9 +99,14 @@ def test_infer_errors(cli_server):
     assert result.returncode == 1 and "INVALID_ARGUMENT" in result.stderr and "INPUT0" in result.stderr
 
 
-def perf(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return naiad("perf", *args, "--measurement-seconds", "0.3", "--warmup-seconds", "0.1",
-                 "--max-trials", "4", "--stability-percentage", "100", check=check)
+def perf(*args: str, check: bool = True, cwd=None) -> subprocess.CompletedProcess:
+    """`naiad perf ARGS` as a process of its own (it starts worker processes), with short windows."""
+    result = subprocess.run([sys.executable, "-m", "naiad.daemon", "perf", "--measurement-seconds", "0.15",
+                             "--warmup-seconds", "0.05", "--max-trials", "3", "--stability-percentage", "100", *args],
+                            capture_output=True, text=True, timeout=120, check=False, cwd=cwd)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 def measurements(result: subprocess.CompletedProcess) -> list[dict]:
@@ -107,7 +131,7 @@ def test_perf_concurrency_sweep(cli_server, tmp_path):
 
 def test_perf_request_rate_over_http_in_two_processes(cli_server):
     found = measurements(perf("simple", "--url", f"http://{cli_server.http_url}", "--request-rate", "40",
-                              "--processes", "2", "--batch-size", "4", "--json"))
+                              "--processes", "2", "--batch-size", "4", "--json", "--measurement-seconds", "0.5"))
     assert len(found) == 1
     m = found[0]
     assert m["mode"] == "request_rate" and m["processes"] == 2 and m["protocol"] == "http"
@@ -180,9 +204,7 @@ def test_command_examples(cli_server, tmp_path):
     assert naiad(*infer).stdout.startswith("OUTPUT0 (INT32, shape [1, 16]):\n[[ 2  3  4")
     assert json.loads(naiad(*tokenize).stdout)["INPUT_IDS"]["data"] == [[2, 144, 5, 223, 8, 3]]
     for command in example_commands(cli_server, "clients-perf"):
-        result = subprocess.run([sys.executable, "-m", "naiad.daemon", *command, "--measurement-seconds", "0.2",
-                                 "--warmup-seconds", "0.05", "--max-trials", "3", "--stability-percentage", "100",
-                                 "--quiet"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
+        assert command[0] == "perf"
+        result = perf(*command[1:], "--quiet", cwd=tmp_path)
         assert "infer/s" in result.stdout or json.loads(result.stdout)["throughput"] > 0
     assert (tmp_path / "onnx_mlp.csv").read_text().count("\n") == 3

@@ -32,7 +32,9 @@ NAMES = {"readme-quick-start", "readme-quick-start-cpu", "readme-test-command", 
          "reliability-timeouts", "scheduling-dynamic-batching", "shared-memory-serve",
          "deploy-docker-build", "deploy-docker-run", "deploy-helm", "deploy-kubectl", "deploy-adapter",
          "deploy-inference-service", "deploy-roll",
-         "operations-probes", "operations-logging"}   # checked in test_readiness.py, test_logging.py
+         "operations-probes", "operations-logging",   # checked in test_readiness.py, test_logging.py
+         "readme-naiad-client", "clients-quick-start", "clients-asyncio", "clients-stream",
+         "clients-shared-memory", "clients-cli", "clients-perf"}   # checked in test_client_cli.py
 
 
 @dataclass
