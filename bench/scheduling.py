@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compare_servers import HERE, SHARED, Servers, free_port, measure, median_round, wait_http
+from compare_servers import HERE, Servers, free_port, measure, median_round, wait_http
 
 VARIANTS = {  # name in the repository: (source model, extra config.pbtxt text)
     "mlp": ("mlp", ""),
@@ -84,9 +84,9 @@ def main() -> int:
     repository = triton_repository(work)
     ports = {name: (free_port(), free_port(), free_port()) for name in ("naiad", "triton", "mlserver", "mlserver2")}
     servers = Servers(work)
-    peers_sh = str(SHARED / "peers" / "peers.sh")
+    peers_sh = str(HERE / "peers" / "peers.sh")
     mlserver_python = str(args.peers / "mlserver" / "bin" / "python")
-    compat = str(SHARED / "peers" / "mlserver_perf_analyzer_compat.py")
+    compat = str(HERE / "peers" / "mlserver_perf_analyzer_compat.py")
     try:
         http, grpc, metrics = ports["naiad"]
         servers.start("naiad", [sys.executable, "-m", "naiad.daemon", "serve", "--model-repository",
