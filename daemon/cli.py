@@ -25,24 +25,17 @@ def _flag_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
-    return value
-
-
-def _at_least_zero(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
-    return value
+def _whole_number(minimum: int):
+    """An argparse type: a whole number >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got '{text}'")
+        return value
+    return parse
 
 
 def _seconds(text: str) -> float:
@@ -84,10 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-metrics", type=_flag_bool, default=d.allow_metrics, metavar="BOOL")
     serve.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes,
                        help="gRPC: the largest request message taken")
-    serve.add_argument("--http-max-input-size", type=_at_least_one, default=d.http_max_input_size,
+    serve.add_argument("--http-max-input-size", type=_whole_number(1), default=d.http_max_input_size,
                        metavar="BYTES", help="HTTP: the largest request body taken, as sent and once "
                        "decompressed (default: %(default)s, 64 MiB)")
-    serve.add_argument("--http-max-json-elements", type=_at_least_one, default=d.http_max_json_elements,
+    serve.add_argument("--http-max-json-elements", type=_whole_number(1), default=d.http_max_json_elements,
                        metavar="N", help="HTTP: the most values a request's JSON may hold; larger tensors "
                        "go as binary data (default: %(default)s)")
     serve.add_argument("--http-idle-timeout-secs", type=_seconds, default=d.http_idle_timeout_secs,
@@ -104,14 +97,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="let clients register system and CUDA shared-memory regions for tensors "
                             "(off by default: a region gives the client's tensors access to this "
                             "server's memory maps; turn it on for clients on this host you trust)")
-    serve.add_argument("--frontends", type=_at_least_one, default=default_count(), metavar="N",
+    serve.add_argument("--frontends", type=_whole_number(1), default=default_count(), metavar="N",
                        help="processes that share the gRPC and HTTP ports and do the wire work; 1 serves "
                             "them from the server's own process (default: one for every two cores, "
                             "at most 8; 1 on two cores or fewer: %(default)s here)")
     serve.add_argument("--strict-readiness", type=_flag_bool, default=d.strict_readiness, metavar="BOOL",
                        help="true: ready only while every model that should be loaded serves; false: "
                             "ready once the models of the start have been tried (default: %(default)s)")
-    serve.add_argument("--log-verbose", type=_at_least_zero, default=d.log_verbose, metavar="LEVEL",
+    serve.add_argument("--log-verbose", type=_whole_number(0), default=d.log_verbose, metavar="LEVEL",
                        help="0: info and above; 1 or more: debug lines too, one per request among them")
     serve.add_argument("--log-format", choices=logs.FORMATS, default=d.log_format,
                        help="text lines, or one JSON object per line (default: %(default)s)")

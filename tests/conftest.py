@@ -47,6 +47,23 @@ def wait_until(condition, what: str, timeout: float = 20):
     return found
 
 
+def descendants(pid: int) -> set[int]:
+    """The ids of every process below `pid` (its frontend and worker processes, theirs...)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 class NaiadServer:
     """A naiad process serving `repository`; its output goes to a log file the tests can read."""
 

@@ -35,7 +35,7 @@ from kubernetes_validate import utils as kv_utils
 from tritonclient.utils import InferenceServerException
 
 from tests import models
-from tests.conftest import FRONTENDS, REPO_ROOT, SHIPPED_REPOSITORY, free_port, wait_until
+from tests.conftest import FRONTENDS, REPO_ROOT, SHIPPED_REPOSITORY, descendants, free_port, wait_until
 
 DEPLOY = REPO_ROOT / "deploy"
 CHART = DEPLOY / "helm" / "naiad"
@@ -315,22 +315,6 @@ def local_command(container: dict, repository: Path, ports: dict[str, int]) -> l
         args.append(f"{name}={local.get(name, value)}" if value else arg)
     addresses = [f"--{frontend}-address=127.0.0.1" for frontend in ("http", "grpc", "metrics")]
     return [sys.executable, "-m", "naiad.daemon", *args, *addresses]
-
-
-def descendants(pid: int) -> set[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def segments(pids: set[int]) -> set[str]:

@@ -5,7 +5,6 @@ INVALID_ARGUMENT / 400 with Triton's wording where clients match on it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from naiad.daemon.metrics import _labels, escape_label
 from tests import models
-from tests.conftest import session_server
+from tests.conftest import descendants, session_server
 from tests.test_http import post
 
 IDENTITY_CODE = models.IDENTITY.replace("\n    ", "\n").encode()
@@ -82,18 +81,7 @@ def load_over_grpc(stub, name: str, config: dict, files: dict[str, bytes] | None
 
 def _process_tree_rss_mb(pid: int) -> float:
     """The resident memory of a process and all its descendants (frontend and worker processes)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, changed = {pid}, True
-    while changed:
-        grown = tree | {child for child, parent in parents.items() if parent in tree}
-        changed, tree = grown != tree, grown
+    tree = {pid} | descendants(pid)
     total_kb = 0
     for member in tree:
         try:
