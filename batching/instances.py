@@ -240,10 +240,12 @@ class Worker(InProcessWorker):
     model is not ready) until the call returns, if it ever does."""
 
     depth = 2
+    alive = 0   # how many such threads run in this process (daemon/event_loop.py asks)
 
     def __init__(self, model_name: str, name: str, instance: ModelInstance,
                  loop: asyncio.AbstractEventLoop, limits: Limits = Limits()):
         super().__init__(model_name, name, instance, loop, limits)
+        Worker.alive += 1
         self.held: list[_Job] = []            # handed to the thread and not answered
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.ended = loop.create_future()     # the thread closed the instance and ended
@@ -264,7 +266,12 @@ class Worker(InProcessWorker):
             responses, timings = execute(self.model_name, self.instance, [p.request for p in job.batch])
             call_soon_threadsafe(self.loop, self._finished, job, responses, timings)
         close_instance(self.model_name, self.instance)
-        call_soon_threadsafe(self.loop, lambda: self.ended.done() or self.ended.set_result(None))
+        call_soon_threadsafe(self.loop, self._ended)
+
+    def _ended(self) -> None:
+        Worker.alive -= 1
+        if not self.ended.done():
+            self.ended.set_result(None)
 
     def _started(self, job: _Job) -> None:
         if not job.answered:

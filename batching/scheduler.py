@@ -65,10 +65,9 @@ class Scheduler:
         """Why the model is not ready: each instance that cannot take work, and why."""
         return "; ".join(f"instance '{w.name}': {w.trouble}" for w in self.workers if not w.available)
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        return await self.submit(request)
-
     def submit(self, request: InferRequest) -> asyncio.Future:
+        """Queue the request: a future of its response (a failure is a response with an error).
+        Raises Unavailable when the model cannot take it. Cancelling the future drops the request."""
         if self.closing:
             raise Unavailable(f"model '{self.model_name}' is unloading")
         if self._none_coming():
@@ -206,16 +205,17 @@ class DirectScheduler(Scheduler):
         self.inline = inline
         self.waiting: collections.deque[Pending] = collections.deque()
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    def submit(self, request: InferRequest) -> asyncio.Future:
         if not self.inline:
-            return await self.submit(request)
-        # On the event loop nothing runs beside this request: run it now, with no queue or future.
+            return super().submit(request)
+        # On the event loop nothing runs beside this request: run it now, with no queue.
         if self.closing:
             raise Unavailable(f"model '{self.model_name}' is unloading")
-        pending = Pending(request, None, self.clock())
+        pending = Pending(request, self.loop.create_future(), self.clock())
         responses, timings = execute(self.model_name, self.workers[0].instance, [request])
         self._record([pending], timings)
-        return responses[0]
+        pending.future.set_result(responses[0])
+        return pending.future
 
     def _enqueue(self, pending: Pending) -> None:
         self.waiting.append(pending)

@@ -10,7 +10,6 @@ import logging
 from collections.abc import AsyncIterator
 import pickle
 import struct
-import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,6 +21,7 @@ from naiad.daemon.arena import Arena
 from naiad.daemon.dataplane import METHODS, DataPlane
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
 from naiad.daemon.inference import InferRequest, InferResponse, RequestedOutput
+from naiad.daemon.served_model import checked
 
 log = logging.getLogger(__name__)
 
@@ -282,17 +282,9 @@ class RemoteDataPlane:
 
 # --- the model process's side --------------------------------------------------------------------
 
-def _start(coroutine) -> asyncio.Task:
-    """A task for the coroutine; where Python can (3.12+), run at once up to its first wait, so that
-    a call answered without waiting (a model that runs inline) costs no turn of the event loop."""
-    if sys.version_info >= (3, 12):
-        return asyncio.Task(coroutine, loop=asyncio.get_running_loop(), eager_start=True)
-    return asyncio.ensure_future(coroutine)
-
-
 class PlaneServer:
-    """Runs the calls of one frontend process on the DataPlane, each as its own task. `started` gets
-    the frontend's Started message."""
+    """Runs the calls of one frontend process on the DataPlane: `infer` from its future's callback,
+    the others each as a task of its own. `started` gets the frontend's Started message."""
 
     def __init__(self, plane: DataPlane, started: asyncio.Future, on_lost, arena: Arena | None = None):
         self.plane = plane
@@ -300,7 +292,7 @@ class PlaneServer:
         self.on_lost = on_lost
         self.arena = arena   # large outputs go back through it
         self.protocol = MessageProtocol(self._call, self._lost)
-        self.running: dict[int, asyncio.Task] = {}   # call id -> its task, until it is done
+        self.running: dict[int, asyncio.Future] = {}   # call id -> its answer or task, until done
 
     def _lost(self) -> None:
         if not self.started.done():
@@ -322,22 +314,48 @@ class PlaneServer:
             if not self.started.done():
                 self.started.set_result(call)
             return
+        if call.method == "infer":
+            self._infer(call)
+            return
         if call.method not in METHODS:
             self.protocol.send(Reply(call.id, error=Internal(f"unknown data-plane method '{call.method}'")))
             return
-        task = _start(self._run(call))
-        if not task.done():
-            self.running[call.id] = task
-            task.add_done_callback(lambda done, call_id=call.id: self._ended(call_id, done))
+        task = asyncio.ensure_future(self._run(call))
+        self.running[call.id] = task
+        task.add_done_callback(lambda done, call_id=call.id: self._ended(call_id, done))
 
-    def _ended(self, call_id: int, task: asyncio.Task) -> None:
-        del self.running[call_id]
+    def _infer(self, call: Call) -> None:
+        """The busiest call, answered from its future's callback: no task, no coroutine."""
+        try:
+            version, answer = self.plane.submit(unpack_request(call.args[0]))
+        except Exception as e:
+            self.protocol.send(Reply(call.id, error=_naiad_error(e)))
+            return
+        if answer.done():
+            self._answer(call.id, version, answer)
+            return
+        self.running[call.id] = answer
+        answer.add_done_callback(lambda done: self._answer(call.id, version, done))
+
+    def _answer(self, call_id: int, version: str, answer: asyncio.Future) -> None:
+        self.running.pop(call_id, None)
+        if answer.cancelled():
+            self._ended(call_id, answer)
+            return
+        try:
+            response = checked(answer.result())
+        except Exception as e:
+            self.protocol.send(Reply(call_id, error=_naiad_error(e)))
+        else:
+            self.protocol.send(Reply(call_id, (version, self._pack(response))))
+
+    def _ended(self, call_id: int, task: asyncio.Future) -> None:
+        self.running.pop(call_id, None)
         if task.cancelled():  # the frontend's client went away (even before the call started): it
             # still gets its reply, which ends the call there and gives back what the call held
             self.protocol.send(Reply(call_id, error=Unavailable("the request was cancelled")))
 
     async def _run(self, call: Call) -> None:
-        infer = call.method == "infer"
         try:
             if call.method == "stream":
                 async for version, response, final in self.plane.stream(unpack_request(call.args[0])):
@@ -345,17 +363,10 @@ class PlaneServer:
                     self.protocol.send(Partial(call.id, (version, packed, final)))
                 value = None
             else:
-                args = (unpack_request(call.args[0]),) if infer else call.args
-                value = await getattr(self.plane, call.method)(*args)
-        except NaiadError as e:
-            self.protocol.send(Reply(call.id, error=e))
+                value = await getattr(self.plane, call.method)(*call.args)
         except Exception as e:
-            log.exception("data-plane call %s failed", call.method)
-            self.protocol.send(Reply(call.id, error=Internal(f"{type(e).__name__}: {e}")))
+            self.protocol.send(Reply(call.id, error=_naiad_error(e, call.method)))
         else:
-            if infer:
-                version, response = value
-                value = (version, self._pack(response))
             self.protocol.send(Reply(call.id, value))
 
     def _pack(self, response: InferResponse) -> tuple:
@@ -369,3 +380,10 @@ class PlaneServer:
             offset = self.arena.put(output)
             if offset is not None:
                 response.outputs[name] = ArenaOutput(output.dtype, output.shape, offset, output.nbytes)
+
+
+def _naiad_error(error: BaseException, method: str = "infer") -> NaiadError:
+    if isinstance(error, NaiadError):
+        return error
+    log.error("data-plane call %s failed", method, exc_info=error)
+    return Internal(f"{type(error).__name__}: {error}")

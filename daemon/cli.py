@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
+from naiad.batching.instances import Worker
 from naiad.clients import cli as client_cli
-from naiad.daemon import VERSION, logs, repository
+from naiad.daemon import VERSION, event_loop, logs, repository
 from naiad.daemon.frontends import default_count
 from naiad.daemon.registry import MODES, read_model
 from naiad.daemon.server import serve
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                                 warning=args.log_warning, error=args.log_error))
     settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
     try:
-        asyncio.run(serve(settings))
+        spin = event_loop.spin_seconds(settings.frontends)
+        # no polling while instances run on threads of the server's process (the GIL)
+        event_loop.run(serve(settings), lambda: 0.0 if Worker.alive else spin)
     except OSError as e:
         log.error("%s", e)
         return 1

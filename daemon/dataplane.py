@@ -16,6 +16,7 @@ from naiad.daemon.errors import InvalidArgument, Unimplemented
 from naiad.daemon.inference import InferRequest, InferResponse, SharedInput
 from naiad.daemon.model_config import to_dict
 from naiad.daemon.registry import Registry
+from naiad.daemon.served_model import ServedModel, checked
 from naiad.daemon.shared_memory import SharedMemory
 
 # the methods a frontend calls (RemoteDataPlane forwards exactly these)
@@ -37,21 +38,35 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> tuple[str, InferResponse]:
         """Run a request on the model version it names: the version that ran it, and its response.
         Raises NaiadError on failure."""
+        version, answer = self.submit(request)
+        return version, checked(await answer)
+
+    def submit(self, request: InferRequest) -> tuple[str, asyncio.Future]:
+        """infer without a coroutine: the version that runs the request and a future of its response,
+        read with `checked` (ServedModel.submit). Raises NaiadError when the request is refused
+        at once."""
         served = self.registry.get(request.model_name, request.model_version)
         if not _uses_shared_memory(request):
-            return served.version_text, await served.infer(request)
+            return served.version_text, served.submit(request)
+        return served.version_text, asyncio.ensure_future(self._in_regions(served, request))
+
+    async def _in_regions(self, served: ServedModel, request: InferRequest) -> InferResponse:
         used = self.shared_memory.attach(request)
         # The regions stay in use until the model is done with the request, even if the client goes
         # away first: a region unregistered meanwhile is unmapped only then.
-        running = asyncio.ensure_future(served.infer(request))
+        try:
+            running = served.submit(request)
+        except BaseException:
+            self.shared_memory.detach(used)
+            raise
 
-        def release(task: asyncio.Future) -> None:
-            if not task.cancelled():
-                task.exception()  # taken here too: the client that awaited it may be gone
+        def release(done: asyncio.Future) -> None:
+            if not done.cancelled():
+                done.exception()  # taken here too: the client that awaited it may be gone
             self.shared_memory.detach(used)
 
         running.add_done_callback(release)
-        return served.version_text, await asyncio.shield(running)
+        return await asyncio.shield(running)
 
     async def stream(self, request: InferRequest) -> AsyncIterator[tuple[str, InferResponse | None, bool]]:
         """The responses to a request as its model sends them: (version, response, final); a model

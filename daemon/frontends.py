@@ -26,7 +26,7 @@ import subprocess
 import sys
 
 from naiad.batching.processes import Segment, wait_for_exit
-from naiad.daemon import grpc_frontend, http_frontend, logs
+from naiad.daemon import event_loop, grpc_frontend, http_frontend, logs
 from naiad.daemon.arena import Arena
 from naiad.daemon.channel import PlaneServer, RemoteDataPlane, Started
 from naiad.daemon.dataplane import DataPlane
@@ -193,7 +193,8 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group: the server decides when its frontends stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.setup(logs.inherited(), process="frontend")   # the server's settings, from the environment
-    asyncio.run(_serve(fd, settings, replies))
+    spin = event_loop.spin_seconds(settings.frontends)
+    event_loop.run(_serve(fd, settings, replies), lambda: spin)
     return 0
 
 

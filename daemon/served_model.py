@@ -53,28 +53,39 @@ class ServedModel:
     # --- the request path -------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Check the request, run it, and return its response; raises NaiadError on failure. A
-        decoupled model must answer such a request with exactly one response."""
+        """Check the request, run it, and return its response; raises NaiadError on failure."""
+        return checked(await self.submit(request))
+
+    def submit(self, request: InferRequest) -> asyncio.Future:
+        """Check the request and queue it: a future of its response, read with `checked`.
+        Raises NaiadError at once when the request is refused. Cancelling the future drops the
+        request. A decoupled model must answer such a request with exactly one response.
+
+        This is the request path without a coroutine: the frontends' channel answers from the
+        future's callback, at a fraction of a task's cost."""
         if self.decoupled and request.sink is None:
-            return await self._one_response(request)
+            return asyncio.ensure_future(self._one_response(request))
         start = time.perf_counter_ns()
         try:
             self.check(request)
-            response = await self.scheduler.infer(request)
+            queued = self.scheduler.submit(request)
         except NaiadError as e:
             self.stats.record_request(time.perf_counter_ns() - start,
                                       "REJECTED" if isinstance(e, Rejected) else "OTHER")
             raise
-        except asyncio.CancelledError:  # the client went away
-            self.stats.record_request(time.perf_counter_ns() - start, "CANCELED")
-            raise
-        error = response.error
-        if error is not None:
-            self.stats.record_request(time.perf_counter_ns() - start,
-                                      "REJECTED" if isinstance(error, Rejected) else "BACKEND")
-            raise error
-        self.stats.record_request(time.perf_counter_ns() - start)
-        return response
+        queued.add_done_callback(lambda done: self._count(start, done))
+        return queued
+
+    def _count(self, start: int, done: asyncio.Future) -> None:
+        """A request in the statistics, once its future is done."""
+        failure = None
+        if done.cancelled():  # the client went away
+            failure = "CANCELED"
+        else:
+            error = done.exception() or done.result().error
+            if error is not None:
+                failure = "REJECTED" if isinstance(error, Rejected) else "BACKEND"
+        self.stats.record_request(time.perf_counter_ns() - start, failure)
 
     async def stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]:
         """The responses to a request as the model sends them, each with whether it is the last (the
@@ -198,3 +209,10 @@ def _text(shape) -> str:
 def _datatype_name(array: np.ndarray) -> str:
     found = datatypes.of_array(array)
     return found.name if found else str(array.dtype)
+
+
+def checked(response: InferResponse) -> InferResponse:
+    """A response from ServedModel.submit's future; raises its error when it has one."""
+    if response.error is not None:
+        raise response.error
+    return response

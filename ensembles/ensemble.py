@@ -222,7 +222,7 @@ def _text(shape: list[int]) -> str:
 
 class EnsembleScheduler:
     """An ensemble's scheduler: the surface ServedModel and the registry use from any scheduler
-    (`infer`, `ready`, `trouble`, `queued`, `close`), running each request through the steps."""
+    (`submit`, `ready`, `trouble`, `queued`, `close`), running each request through the steps."""
 
     def __init__(self, model_name: str, plan: Graph, infer: Infer, member_trouble: MemberTrouble,
                  stats: ModelStatistics):
@@ -259,9 +259,13 @@ class EnsembleScheduler:
         """Requests waiting here: none, they wait in their members' queues."""
         return 0
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    def submit(self, request: InferRequest) -> asyncio.Future:
+        """Start the request: a future of its response. Raises Unavailable while unloading."""
         if self.closing:
             raise Unavailable(f"model '{self.model_name}' is unloading")
+        return asyncio.ensure_future(self._infer_steps(request))
+
+    async def _infer_steps(self, request: InferRequest) -> InferResponse:
         self.running += 1
         self.idle.clear()
         start = time.perf_counter_ns()

@@ -1,0 +1,56 @@
+"""The servers' event loop (daemon/event_loop.py), in-process: short timers stay short, messages wake
+it whether it polls or sleeps, and the polling policy."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import time
+
+from naiad.daemon import event_loop
+
+
+def run_on_loop(coroutine_function, spin: float = 0.0):
+    return event_loop.run(coroutine_function(), lambda: spin)
+
+
+def test_a_timer_shorter_than_a_millisecond_is_not_rounded_up_to_one():
+    # asyncio's own epoll loop sleeps whole milliseconds: a 200 µs sleep takes over 1 ms there
+    async def sleeps() -> list[float]:
+        taken = []
+        for _ in range(15):
+            start = time.perf_counter()
+            await asyncio.sleep(200e-6)
+            taken.append(time.perf_counter() - start)
+        return taken
+
+    taken = run_on_loop(sleeps)
+    assert min(taken) >= 200e-6
+    assert statistics.median(taken) < 900e-6, taken
+
+
+def test_a_message_is_read_whether_the_loop_polls_or_sleeps():
+    async def round_trips() -> int:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        got = 0
+        for pause in (0, 50e-6, 2e-3, 20e-3):  # inside and beyond the polling window
+            loop.call_later(pause, theirs.send, b"x")
+            assert await asyncio.wait_for(loop.sock_recv(ours, 1), 5) == b"x"
+            got += 1
+        ours.close()
+        theirs.close()
+        return got
+
+    assert run_on_loop(round_trips) == 4
+    assert run_on_loop(round_trips, spin=event_loop.SPIN_SECONDS) == 4
+
+
+def test_only_servers_with_a_core_for_each_process_poll():
+    cores = len(os.sched_getaffinity(0))
+    assert event_loop.spin_seconds(1) == 0  # one process: nothing to wait for from another
+    assert event_loop.spin_seconds(cores) == 0  # more processes than cores
+    if cores >= 4:
+        assert event_loop.spin_seconds(cores - 2) == event_loop.SPIN_SECONDS
