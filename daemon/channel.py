@@ -338,10 +338,10 @@ class PlaneServer:
         answer.add_done_callback(lambda done: self._answer(call.id, version, done))
 
     def _answer(self, call_id: int, version: str, answer: asyncio.Future) -> None:
-        self.running.pop(call_id, None)
         if answer.cancelled():
             self._ended(call_id, answer)
             return
+        self.running.pop(call_id, None)
         try:
             response = checked(answer.result())
         except Exception as e:
