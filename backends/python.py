@@ -11,6 +11,7 @@ import inspect
 import itertools
 import json
 import sys
+import threading
 from pathlib import Path
 
 from naiad.backends import python_api as pb
@@ -32,12 +33,26 @@ def _import(path: Path):
     name = f"naiad_model_{next(_module_ids)}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
+    folder = str(path.parent)
+    _replace_path(lambda entries: entries.insert(0, folder))
     try:
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(path.parent))
+        _replace_path(lambda entries: entries.remove(folder))
     return module
+
+
+_path_lock = threading.Lock()
+
+
+def _replace_path(change) -> None:
+    """Change a copy of sys.path and put it in place: models load on threads, and an import on
+    another thread that is going through sys.path at that moment must not see it shift under it
+    (it would skip an entry, and fail to find a package that is installed)."""
+    with _path_lock:
+        entries = list(sys.path)
+        change(entries)
+        sys.path = entries
 
 
 class PythonBackend(Backend):
