@@ -41,7 +41,11 @@ class ModelFiles:
 
 class ModelInstance:
     """One loaded copy of a model. Its methods run on the instance's worker thread, one batch at a
-    time; they may block and need not be thread-safe."""
+    time; they may block and need not be thread-safe. An instance that `overlaps` has the next
+    batch's `prepare` called between this batch's `run` and `finish`, when a next batch is in hand (a
+    GPU instance uploads it while this one computes)."""
+
+    overlaps = False
 
     def prepare(self, requests: list[InferRequest]) -> Any:
         return requests
@@ -158,6 +162,13 @@ class TensorInstance(ModelInstance):
 def to_host(tensor: Tensor) -> np.ndarray:
     """A tensor in host memory (copied down if it is in device memory)."""
     return tensor.to_host() if isinstance(tensor, DeviceArray) else tensor
+
+
+def outputs_on_device(requests: list[InferRequest], gpu: int | None) -> set[str]:
+    """The outputs that some request of the batch places in CUDA shared memory on this instance's GPU:
+    they stay in device memory and are copied device to device."""
+    return {name for r in requests for name, place in r.output_places.items()
+            if gpu is not None and place.device_id == gpu}
 
 
 def model_file(files: ModelFiles, defaults: tuple[str, ...]) -> Path:

@@ -23,7 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstance, import_framework,
-                                 model_file, to_host)
+                                 model_file, outputs_on_device, to_host)
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import datatypes
 from naiad.daemon.cuda import DeviceArray
@@ -152,10 +152,12 @@ def _set_process_options(torch, parameters: dict) -> None:
 
 
 class PyTorchInstance(TensorInstance):
-    """On a GPU, each instance has its own CUDA stream. Inputs that are already in device memory (CUDA
-    shared memory) are used in place; host inputs are gathered into one pinned staging buffer per input
-    and go up in one copy. Outputs stay on the device for requests that place them in CUDA shared
-    memory, and otherwise come down once per batch into pinned memory."""
+    """On a GPU, each instance has its own CUDA streams: one computes, one uploads. Inputs that are
+    already in device memory (CUDA shared memory) are used in place; host inputs are gathered into one
+    pinned staging buffer per input and go up in one copy, on the upload stream, so that the next
+    batch goes up while this one computes (`overlaps`; two sets of staging buffers take turns). Outputs
+    stay on the device for requests that place them in CUDA shared memory, and otherwise come down
+    once per batch into pinned memory."""
 
     def __init__(self, files: ModelFiles, spec: InstanceSpec):
         super().__init__(files.config)
@@ -180,51 +182,74 @@ class PyTorchInstance(TensorInstance):
             self.module = torch.compile(self.module)  # compiles at the first batch of each new shape
         self.inputs = _order([i.name for i in files.config.input], argument_names(self.module))
         self.outputs = _order([o.name for o in files.config.output], [])
+        self.overlaps = self.gpu is not None
         self.stream = torch.cuda.Stream(self.device) if self.gpu is not None else None
-        self.staging: dict[str, object] = {}   # input name -> pinned host buffer (bytes), grown as needed
+        self.uploads = torch.cuda.Stream(self.device) if self.gpu is not None else None
+        # two sets of staging buffers, taking turns: input name -> pinned host buffer (bytes), grown
+        # as needed; and each set's last upload, which must end before the set is written again
+        self.staging: list[dict[str, object]] = [{}, {}]
+        self.uploaded: list[object] = [None, None]
+        self.turn = 0
 
     # --- inputs -----------------------------------------------------------------------------------
 
-    def prepare(self, requests: list[InferRequest]) -> list:
+    def prepare(self, requests: list[InferRequest]):
+        if self.gpu is None:
+            return [None if parts[0] is None else _from_numpy(self.torch, _joined(parts))
+                    for parts in self._parts(requests)]
+        torch = self.torch
+        self.turn ^= 1
+        if self.uploaded[self.turn] is not None:  # this set's last upload must be done to write it again
+            self.uploaded[self.turn].synchronize()
         tensors = []
-        for name in self.inputs:
-            parts = [r.inputs.get(name) for r in requests]
-            # an optional input left out (the batcher joins only requests with the same inputs)
-            tensors.append(None if parts[0] is None else self._gather(name, parts))
-        return tensors
+        with torch.cuda.stream(self.uploads):
+            for name, parts in zip(self.inputs, self._parts(requests)):
+                tensors.append(None if parts[0] is None else self._upload(name, parts))
+            done = self.uploaded[self.turn] = torch.cuda.Event()
+            done.record(self.uploads)
+        for tensor in tensors:
+            if tensor is not None:
+                tensor.record_stream(self.stream)   # made on the upload stream, used on the compute one
+        return tensors, done
 
-    def _gather(self, name: str, parts: list):
+    def _parts(self, requests: list[InferRequest]) -> list[list]:
+        # an optional input left out is None (the batcher joins only requests with the same inputs)
+        return [[r.inputs.get(name) for r in requests] for name in self.inputs]
+
+    def _upload(self, name: str, parts: list):
         """The batch's input, joined along the first dimension, on the instance's device."""
         torch = self.torch
-        if self.gpu is not None and all(isinstance(p, DeviceArray) and p.device_id == self.gpu for p in parts):
+        if all(isinstance(p, DeviceArray) and p.device_id == self.gpu for p in parts):
             views = [_from_device(torch, p, self.device) for p in parts]
             return views[0] if len(views) == 1 else torch.cat(views)
         host = [to_host(p) for p in parts]
-        if self.gpu is None:
-            return _from_numpy(torch, host[0] if len(host) == 1 else np.concatenate(host))
         shape = host[0].shape if len(host) == 1 else (sum(h.shape[0] for h in host), *host[0].shape[1:])
         staged = self._staging_buffer(name, shape, host[0].dtype)
         if len(host) == 1:
             staged[...] = host[0]
         else:
             np.concatenate(host, out=staged)
-        with torch.cuda.stream(self.stream):
-            return _from_numpy(torch, staged).to(self.device, non_blocking=True)
+        return _from_numpy(torch, staged).to(self.device, non_blocking=True)
 
     def _staging_buffer(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """A pinned host array of this shape and type, reusing the input's buffer when it is big
-        enough. Reuse is safe: the previous batch's upload finished before its outputs came down."""
+        """A pinned host array of this shape and type in this turn's set, reusing the input's buffer
+        when it is big enough."""
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        buffer = self.staging.get(name)
+        buffers = self.staging[self.turn]
+        buffer = buffers.get(name)
         if buffer is None or buffer.numel() < nbytes:
-            buffer = self.torch.empty(max(nbytes, 1 << 16), dtype=self.torch.uint8, pin_memory=True)
-            self.staging[name] = buffer
+            buffer = buffers[name] = self.torch.empty(max(nbytes, 1 << 16), dtype=self.torch.uint8,
+                                                      pin_memory=True)
         return buffer[:nbytes].numpy().view(dtype).reshape(shape)
 
     # --- the model --------------------------------------------------------------------------------
 
-    def run(self, tensors: list) -> dict:
+    def run(self, prepared) -> dict:
         torch = self.torch
+        tensors = prepared
+        if self.gpu is not None:
+            tensors, uploaded = prepared
+            self.stream.wait_event(uploaded)
         with contextlib.ExitStack() as context:
             context.enter_context(torch.inference_mode() if self.inference_mode else torch.no_grad())
             if self.scripted:
@@ -246,15 +271,14 @@ class PyTorchInstance(TensorInstance):
     # --- outputs ----------------------------------------------------------------------------------
 
     def finish(self, requests: list[InferRequest], outputs: dict) -> list[InferResponse]:
-        on_device = {name for r in requests for name, place in r.output_places.items()
-                     if place.device_id == self.gpu}
+        on_device = outputs_on_device(requests, self.gpu)
         batch = {}
         with contextlib.ExitStack() as context:
             if self.stream is not None:
                 context.enter_context(self.torch.cuda.stream(self.stream))
             for name, tensor in outputs.items():
                 tensor = tensor.detach()
-                if self.gpu is not None and name in on_device:
+                if name in on_device:
                     batch[name] = tensor.contiguous()
                 else:
                     batch[name] = self._download(tensor)
@@ -270,6 +294,11 @@ class PyTorchInstance(TensorInstance):
             return tensor
         host = self.torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         return host.copy_(tensor, non_blocking=True)
+
+
+def _joined(parts: list) -> np.ndarray:
+    host = [to_host(p) for p in parts]
+    return host[0] if len(host) == 1 else np.concatenate(host)
 
 
 def _from_numpy(torch, array: np.ndarray):

@@ -1,6 +1,6 @@
 """Tree models (`backend: xgboost`): XGBoost models saved as JSON (`<version>/model.json`) or UBJSON
 (`model.ubj`), predicted through the Booster, on `cuda:N` for KIND_GPU instances (in-place prediction
-on device arrays), else the CPU. LightGBM models are not read (yet): convert them, or serve them from a
+on device arrays; outputs placed in CUDA shared memory never leave the device), else the CPU. LightGBM models are not read (yet): convert them, or serve them from a
 Python model.
 
 What to return is set as in Triton's FIL backend, with its parameter names:
@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstance, import_framework,
-                                 model_file, to_host)
+                                 model_file, outputs_on_device, to_host)
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import datatypes
+from naiad.daemon.cuda import DeviceArray
 from naiad.daemon.errors import ConfigError
+from naiad.daemon.inference import InferRequest, InferResponse
 from naiad.daemon.model_config import ModelConfig
 
 FILES = ("model.json", "model.ubj")
@@ -80,19 +82,20 @@ class Prediction:
     def datatype(self) -> datatypes.DataType:
         return INT32 if self.output_class and not self.predict_proba else FP32
 
-    def finish(self, predicted: np.ndarray) -> np.ndarray:
-        """From XGBoost's prediction (margins or probabilities, [n] or [n, classes]) to the output."""
+    def finish(self, predicted, xp=np):
+        """From XGBoost's prediction (margins or probabilities, [n] or [n, classes]) to the output, with
+        the array module the prediction is in (numpy, or CuPy on a GPU)."""
         if predicted.ndim == 1:
             predicted = predicted[:, None]
         if self.margin or not self.output_class:
-            return predicted.astype(np.float32, copy=False)
+            return predicted.astype(xp.float32, copy=False)
         if self.binary:
             if self.predict_proba:
-                return np.hstack([1 - predicted, predicted]).astype(np.float32)
-            return (predicted >= self.threshold).astype(np.int32)
+                return xp.hstack([1 - predicted, predicted]).astype(xp.float32)
+            return (predicted >= self.threshold).astype(xp.int32)
         if self.predict_proba:
-            return predicted.astype(np.float32, copy=False)
-        return predicted.argmax(axis=1).astype(np.int32)[:, None]
+            return predicted.astype(xp.float32, copy=False)
+        return predicted.argmax(axis=1).astype(xp.int32)[:, None]
 
 
 class XGBoostBackend(Backend):
@@ -139,9 +142,19 @@ class XGBoostInstance(TensorInstance):
                 return self.cupy.asarray(features)
         return to_host(features)
 
-    def run(self, features) -> dict[str, np.ndarray]:
+    def run(self, features) -> dict:
         predicted = self.booster.inplace_predict(features, predict_type="margin" if self.prediction.margin
                                                  else "value")
+        if self.cupy is None:
+            return {self.output: self.prediction.finish(np.asarray(predicted))}
+        with self.cupy.cuda.Device(self.gpu):
+            return {self.output: self.prediction.finish(self.cupy.asarray(predicted), self.cupy)}
+
+    def finish(self, requests: list[InferRequest], outputs: dict) -> list[InferResponse]:
+        """On a GPU, the output stays in device memory for requests that place it in CUDA shared
+        memory, and comes down once otherwise."""
         if self.cupy is not None:
-            predicted = self.cupy.asnumpy(predicted)
-        return {self.output: self.prediction.finish(np.asarray(predicted))}
+            on_device = outputs_on_device(requests, self.gpu)
+            outputs = {name: DeviceArray.of(self.cupy.ascontiguousarray(array), self.gpu)
+                       if name in on_device else self.cupy.asnumpy(array) for name, array in outputs.items()}
+        return super().finish(requests, outputs)

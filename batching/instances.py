@@ -103,25 +103,56 @@ def now_timings() -> Timings:
     return Timings(time.perf_counter_ns(), 0, 0, 0)
 
 
+class Execution:
+    """One batch through an instance in its three steps (prepare, run, finish), each timed. The steps
+    may be taken apart: a worker prepares the next batch while this one runs (`overlaps`). A failure in
+    any step fails the batch, never raises."""
+
+    def __init__(self, model_name: str, instance: ModelInstance, requests: list[InferRequest]):
+        self.model_name, self.instance, self.requests = model_name, instance, requests
+        self.value = None            # what the last step gave the next
+        self.responses: list[InferResponse] | None = None   # set early by a failure
+        self.start_ns = time.perf_counter_ns()
+        self.spent_ns = [0, 0, 0]   # each step's time
+
+    def prepare(self) -> None:
+        self._step(0, self.instance.prepare, self.requests)
+
+    def run(self) -> None:
+        self._step(1, self.instance.run, self.value)
+
+    def finish(self) -> tuple[list[InferResponse], Timings]:
+        self._step(2, self._responses)
+        if self.responses is None:
+            self.responses = self.value
+        return self.responses, Timings(self.start_ns, *self.spent_ns)
+
+    def _responses(self) -> list[InferResponse]:
+        responses = [plain_parameters(self.model_name, r) for r in self.instance.finish(self.requests, self.value)]
+        place_outputs(self.requests, responses)
+        return responses
+
+    def _step(self, index: int, step: Callable, *args) -> None:
+        if self.responses is None:  # else a step before failed
+            began = time.perf_counter_ns()
+            try:
+                self.value = step(*args)
+            except NaiadError as e:
+                self.responses = failed(self.requests, e)
+            except BaseException as e:  # the model's own failure, even SystemExit: fail this batch only
+                log.exception("model '%s' failed a batch of %d request(s)", self.model_name, len(self.requests))
+                self.responses = failed(self.requests, Internal(
+                    f"model '{self.model_name}' failed: {type(e).__name__}: {e}"))
+            self.spent_ns[index] = time.perf_counter_ns() - began
+
+
 def execute(model_name: str, instance: ModelInstance, requests: list[InferRequest]
             ) -> tuple[list[InferResponse], Timings]:
     """Run one batch through an instance: one response per request, never an exception."""
-    start = time.perf_counter_ns()
-    t1 = t2 = start
-    try:
-        prepared = instance.prepare(requests)
-        t1 = time.perf_counter_ns()
-        result = instance.run(prepared)
-        t2 = time.perf_counter_ns()
-        responses = [plain_parameters(model_name, r) for r in instance.finish(requests, result)]
-        place_outputs(requests, responses)
-    except NaiadError as e:
-        responses = failed(requests, e)
-    except BaseException as e:  # the model's own failure, even SystemExit: fail this batch, keep serving
-        log.exception("model '%s' failed a batch of %d request(s)", model_name, len(requests))
-        responses = failed(requests, Internal(f"model '{model_name}' failed: {type(e).__name__}: {e}"))
-    end = time.perf_counter_ns()
-    return responses, Timings(start, t1 - start, t2 - t1, end - t2)
+    execution = Execution(model_name, instance, requests)
+    execution.prepare()
+    execution.run()
+    return execution.finish()
 
 
 def create_instance(files: ModelFiles, spec: InstanceSpec) -> ModelInstance:
@@ -229,6 +260,7 @@ class _Job:
     batch: list[Pending]
     answered: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    execution: Execution | None = field(default=None, repr=False)   # once its inputs are prepared
 
 
 class Worker(InProcessWorker):
@@ -248,6 +280,7 @@ class Worker(InProcessWorker):
         Worker.alive += 1
         self.held: list[_Job] = []            # handed to the thread and not answered
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopping = False                 # the thread took the stop sign (read on the thread only)
         self.ended = loop.create_future()     # the thread closed the instance and ended
         self.thread = threading.Thread(target=self._work, name=f"naiad-{name}", daemon=True)
         self.thread.start()
@@ -258,15 +291,43 @@ class Worker(InProcessWorker):
         self.jobs.put(job)
 
     def _work(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            if job.answered:  # failed already, behind a batch that ran out of time
+        ahead = None   # the next batch, prepared while the one before it ran
+        while (job := ahead or self._next_job(wait=True)) is not None:
+            ahead = None
+            if job.answered:  # failed meanwhile, behind a batch that ran out of time
                 continue
             if self.limits.execution:  # the clock starts when the batch does, not when it queued
                 call_soon_threadsafe(self.loop, self._started, job)
-            responses, timings = execute(self.model_name, self.instance, [p.request for p in job.batch])
+            execution = job.execution or self._prepared(job)
+            execution.run()
+            # An instance that overlaps batches (a GPU's upload beside its compute) prepares the next
+            # batch in hand before this one finishes.
+            ahead = self._next_job(wait=False) if self.instance.overlaps else None
+            if ahead is not None:
+                ahead.execution = self._prepared(ahead)
+            responses, timings = execution.finish()
             call_soon_threadsafe(self.loop, self._finished, job, responses, timings)
         close_instance(self.model_name, self.instance)
         call_soon_threadsafe(self.loop, self._ended)
+
+    def _next_job(self, wait: bool) -> _Job | None:
+        """The next batch to run; None once the worker is told to stop, or (not waiting) when none is
+        in hand."""
+        while not self.stopping:
+            try:
+                job = self.jobs.get(block=wait)
+            except queue.Empty:
+                return None
+            if job is None:
+                self.stopping = True
+            elif not job.answered:  # else it failed already, behind a batch that ran out of time
+                return job
+        return None
+
+    def _prepared(self, job: _Job) -> Execution:
+        execution = Execution(self.model_name, self.instance, [p.request for p in job.batch])
+        execution.prepare()
+        return execution
 
     def _ended(self) -> None:
         Worker.alive -= 1

@@ -3,6 +3,12 @@ with and without dynamic batching) and a bare grpc.aio servicer, perf_analyzer o
 --async and batch 1, at concurrency 1 (latency), 16, 64 and 128. Prints Markdown tables.
 
     python bench/frontends.py [--perf-analyzer PATH] [--triton CMD] [--frontends 1 2 4 8] [--seconds 2]
+                              [--channel-share N]
+
+perf_analyzer's gRPC client shares one connection among several of its workers, so 16 or more
+concurrent requests arrive on only a few connections, and each connection is served by one frontend
+process. --channel-share 1 gives every worker a connection of its own (for every server measured),
+as many independent clients would.
 
 --triton is a command that starts Triton given HTTP GRPC METRICS ports and a repository folder after
 them, e.g. `bash bench/peers/peers.sh triton` (after `bench/peers/peers.sh setup`); without it the
@@ -11,6 +17,7 @@ Triton rows are left out. Needs naiad importable and perf_analyzer.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -51,7 +58,11 @@ def main() -> None:
     parser.add_argument("--triton", default="", help="command that starts Triton (see above)")
     parser.add_argument("--frontends", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--channel-share", type=int, default=0,
+                        help="perf_analyzer workers per gRPC connection (0: its default)")
     args = parser.parse_args()
+    if args.channel_share:
+        os.environ["TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"] = str(args.channel_share)
     header = " | ".join(f"c={c} infer/s" for c in CONCURRENCY)
     print(f"| server, model | {header} |\n| --- |" + " --- |" * len(CONCURRENCY))
     latency = []

@@ -20,7 +20,7 @@ target, in rounds, and each figure is its median over the rounds. From them, per
   nocall: what the call costs beyond the callee's own time; and bls - nocall, what one call adds to a
   request, the callee included.
 
-    python bench/pipelines.py [--window-ms 2000] [--rounds 3] [--peers DIR]
+    python bench/pipelines.py [--window-ms 2000] [--rounds 3] [--triton CMD]
 """
 from __future__ import annotations
 
@@ -160,20 +160,20 @@ def median(found: list[Figures]) -> Figures:
                      for field in ("throughput", "avg", "p50", "p99", "server", "inside")))
 
 
-def start_triton(peers: Path, repository: Path) -> harness.Server:
-    """Triton on the shared models only (explicit mode): peers.sh takes the ports before the folder."""
+def start_triton(command: str, repository: Path) -> harness.Server:
+    """Triton on the shared models only (explicit mode): the command takes the ports, then the folder."""
     loads = " ".join(f"--load-model={name}" for name in SHARED_MODELS)
-    script = (f'NAIAD_PEERS="{peers}" exec bash "$0" triton "$1" "$2" "$3" "{repository}" '
-              f'--model-control-mode=explicit {loads}')
-    return harness.start_command(["bash", "-c", script, str(ROOT / "bench" / "peers" / "peers.sh")])
+    script = f'{command} "$1" "$2" "$3" "{repository}" --model-control-mode=explicit {loads}'
+    return harness.start_command(["bash", "-c", script, "triton"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--peers", type=Path, default=Path(os.environ.get(
-        "NAIAD_PEERS", Path.home() / ".cache" / "naiad-peers")))
+    parser.add_argument("--triton", default=f"bash {ROOT / 'bench' / 'peers' / 'peers.sh'} triton",
+                        help="command that starts Triton given HTTP GRPC METRICS ports and a repository "
+                             "folder after it (default: the peers script, after `bench/peers/peers.sh setup`)")
     args = parser.parse_args()
     analyzer = (shutil.which("perf_analyzer")
                 or shutil.which("perf_analyzer", path=os.path.dirname(sys.executable)))
@@ -190,7 +190,7 @@ def main() -> int:
     servers: dict[str, harness.Server] = {}
     try:
         servers["naiad"] = harness.start_naiad(repository)
-        servers["triton"] = start_triton(args.peers, repository)
+        servers["triton"] = start_triton(args.triton, repository)
         seconds = args.window_ms / 1000
         for _, server, suffix in setups:  # warm-up, not reported
             for model in SHARED_MODELS:

@@ -35,6 +35,7 @@ def _driver():
     lib.cuIpcOpenMemHandle_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), _IpcHandle, ctypes.c_uint]
     lib.cuIpcCloseMemHandle.argtypes = [ctypes.c_uint64]
     lib.cuMemcpy.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t]
+    lib.cuStreamSynchronize.argtypes = [ctypes.c_void_p]
     return lib
 
 
@@ -94,10 +95,11 @@ def close_ipc_handle(pointer: int, device_id: int) -> None:
 
 def copy(destination: int, source: int, byte_count: int, device_id: int) -> None:
     """Copy between two addresses, host or device (the driver tells which by unified addressing);
-    returns once the copy is done."""
+    returns once the copy is done (a copy within the device may return before, so it is waited for)."""
     if byte_count:
         lib = _enter(device_id)
         _check(lib, lib.cuMemcpy(destination, source, byte_count), "copy to or from GPU memory")
+        _check(lib, lib.cuStreamSynchronize(None), "copy to or from GPU memory")
 
 
 class DeviceArray:

@@ -129,15 +129,18 @@ class ResponseStream:
 
 def place_outputs(requests: list[InferRequest], responses: list[InferResponse]) -> None:
     """Write the outputs that each request placed in shared memory there; its response then describes
-    them. A write that fails fails that response."""
+    them. Outputs left in device memory for another request of the batch come down to the host. A
+    write that fails fails that response."""
     for request, response in zip(requests, responses):
-        if not request.output_places or response.error is not None:
+        if response.error is not None:
             continue
         try:
-            for name, place in request.output_places.items():
-                tensor = response.outputs.get(name)
-                if tensor is not None and not isinstance(tensor, Placed):
+            for name, tensor in response.outputs.items():
+                place = request.output_places.get(name)
+                if place is not None and not isinstance(tensor, Placed):
                     response.outputs[name] = place.write(name, tensor)
+                elif isinstance(tensor, cuda.DeviceArray):
+                    response.outputs[name] = tensor.to_host()
         except NaiadError as e:
             response.outputs, response.error = {}, e
 

@@ -1,6 +1,7 @@
 """The models the tests serve, written as real model folders (config.yaml + version/model.py)."""
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 from pathlib import Path
 
@@ -22,6 +23,28 @@ def write_model(repository: Path, name: str, config: dict | None, code: str | No
         (folder / str(version)).mkdir(exist_ok=True)
         if code is not None:
             (folder / str(version) / "model.py").write_text(textwrap.dedent(code))
+    return folder
+
+
+def _shipped_model_builders():
+    """model_repository/make_models.py, which builds the shipped framework models (and the tests' own,
+    with other seeds and sizes); it imports each framework only when asked for its model."""
+    path = Path(__file__).resolve().parent.parent / "model_repository" / "make_models.py"
+    spec = importlib.util.spec_from_file_location("make_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_models = _shipped_model_builders()
+
+
+def write_framework_model(repository: Path, name: str, config: dict | None, build, filename: str, **kwargs) -> Path:
+    """A model folder whose version 1 holds `filename`, made by `build` (a make_models function)."""
+    folder = repository / name
+    build(folder / "1" / filename, **kwargs)
+    if config is not None:
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
 
 

@@ -2,7 +2,6 @@
 batch 1 and at max_batch_size; auto-complete; each way a framework model can fail to load."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -13,21 +12,9 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import xgboost
-import yaml
 
-from tests.conftest import SHIPPED_REPOSITORY, session_server
-
-spec = importlib.util.spec_from_file_location("make_models", SHIPPED_REPOSITORY / "make_models.py")
-make_models = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_models)
-
-
-def write(repository, name, config: dict | None, build, filename: str, **kwargs):
-    folder = repository / name
-    build(folder / "1" / filename, **kwargs)
-    if config is not None:
-        (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    return folder
+from tests.conftest import session_server
+from tests.models import make_models, write_framework_model as write
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,8 @@ def test_cuda_regions_for_input_and_output(gpu_server, protocol):
 
 
 def test_host_inputs_batched_on_the_gpu(gpu_server):
-    """Eight clients send ordinary tensors at once; the batch goes up through pinned memory."""
+    """Twenty clients send ordinary tensors at once: batches go up through pinned memory, each one
+    while the batch before it computes (one instance, batches of at most 8)."""
     results = {}
 
     def one(i):
@@ -89,12 +90,12 @@ def test_host_inputs_batched_on_the_gpu(gpu_server):
             tensor.set_data_from_numpy(images(1, seed=i))
             results[i] = client.infer("convnet", [tensor]).as_numpy("OUTPUT__0")
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for i in range(8):
+    for i in range(20):
         np.testing.assert_allclose(results[i], expected(images(1, seed=i)), rtol=1e-4, atol=1e-5)
     with grpcclient.InferenceServerClient(gpu_server.grpc_url) as client:
         stats = client.get_inference_statistics("convnet").model_stats[0]

@@ -4,11 +4,12 @@ loop whose time is a fake clock that only the test advances. Nothing here waits 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
 from naiad.batching.dynamic import DynamicScheduler
-from naiad.batching.instances import Pending, Timings
+from naiad.batching.instances import Pending, Timings, Worker
 from naiad.batching.scheduler import DirectScheduler
 from naiad.daemon.errors import Rejected, Unavailable
 from naiad.daemon.inference import InferRequest, InferResponse
@@ -453,3 +454,48 @@ def test_close_fails_queued_requests_when_no_worker_can_take_them():
         assert isinstance(error, Unavailable) and "is unloading and has no instance" in str(error)
         assert worker.stopped and not worker.running
     run(body)
+
+
+class StepRecorder:
+    """An instance that overlaps batches and records its steps; the first batch's run waits until the
+    test lets it go, so the batches behind it are in the worker's hands by then."""
+
+    overlaps = True
+
+    def __init__(self):
+        self.steps: list[str] = []
+        self.release = threading.Event()
+
+    def prepare(self, requests):
+        self.steps.append(f"prepare {requests[0].id}")
+        return requests
+
+    def run(self, requests):
+        if requests[0].id == "1":
+            assert self.release.wait(10)
+        self.steps.append(f"run {requests[0].id}")
+        return requests
+
+    def finish(self, requests, result):
+        self.steps.append(f"finish {requests[0].id}")
+        return [InferResponse({"OUT": np.zeros(1)}) for _ in requests]
+
+    def close(self):
+        pass
+
+
+def test_an_overlapping_instance_prepares_the_next_batch_before_this_one_finishes():
+    async def body():
+        instance = StepRecorder()
+        worker = Worker("m", "m_0", instance, asyncio.get_running_loop())
+        finished = []
+        worker.attach(lambda w, batch, responses, timings: finished.append(batch[0].request.id), lambda: None)
+        loop = asyncio.get_running_loop()
+        for i in ("1", "2", "3"):
+            worker.run([Pending(InferRequest("m", "", {}, id=i), loop.create_future(), 0)])
+        instance.release.set()
+        await worker.stop(10)
+        assert finished == ["1", "2", "3"]
+        assert instance.steps == ["prepare 1", "run 1", "prepare 2", "finish 1",
+                                  "run 2", "prepare 3", "finish 2", "run 3", "finish 3"]
+    asyncio.run(body())
