@@ -143,8 +143,7 @@ class TensorInstance(ModelInstance):
         if len(requests) == 1:
             return self.to_framework(requests[0].inputs)
         names = requests[0].inputs  # the batcher joins only requests with the same inputs and shapes
-        return self.to_framework({name: np.concatenate([to_host(r.inputs[name]) for r in requests])
-                                  for name in names})
+        return self.to_framework({name: joined([r.inputs[name] for r in requests]) for name in names})
 
     def finish(self, requests: list[InferRequest], outputs: dict[str, np.ndarray]) -> list[InferResponse]:
         responses, start = [], 0
@@ -162,6 +161,12 @@ class TensorInstance(ModelInstance):
 def to_host(tensor: Tensor) -> np.ndarray:
     """A tensor in host memory (copied down if it is in device memory)."""
     return tensor.to_host() if isinstance(tensor, DeviceArray) else tensor
+
+
+def joined(parts: list[Tensor]) -> np.ndarray:
+    """The requests' parts of one input, one after another along the first dimension, in host memory."""
+    host = [to_host(p) for p in parts]
+    return host[0] if len(host) == 1 else np.concatenate(host)
 
 
 def outputs_on_device(requests: list[InferRequest], gpu: int | None) -> set[str]:

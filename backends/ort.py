@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstance, import_framework,
-                                 model_file, outputs_on_device, to_host)
+                                 joined, model_file, outputs_on_device, to_host)
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import cuda, datatypes
 from naiad.daemon.cuda import DeviceArray
@@ -117,12 +117,11 @@ class OnnxRuntimeInstance(TensorInstance):
         for name in requests[0].inputs:  # the batcher joins only requests with the same inputs
             parts = [r.inputs[name] for r in requests]
             if all(isinstance(p, DeviceArray) and p.device_id == self.gpu for p in parts):
-                joined = parts[0] if len(parts) == 1 else self._join_on_device(parts)
-                held.append(joined)
-                binding.bind_input(name, "cuda", self.gpu, joined.dtype, joined.shape, joined.pointer)
+                tensor = parts[0] if len(parts) == 1 else self._join_on_device(parts)
+                held.append(tensor)
+                binding.bind_input(name, "cuda", self.gpu, tensor.dtype, tensor.shape, tensor.pointer)
             else:
-                host = [to_host(p) for p in parts]
-                binding.bind_cpu_input(name, host[0] if len(host) == 1 else np.concatenate(host))
+                binding.bind_cpu_input(name, joined(parts))
         on_device = outputs_on_device(requests, self.gpu)
         for name in self.outputs:
             if name in on_device:

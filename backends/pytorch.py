@@ -23,7 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstance, import_framework,
-                                 model_file, outputs_on_device, to_host)
+                                 joined, model_file, outputs_on_device, to_host)
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import datatypes
 from naiad.daemon.cuda import DeviceArray
@@ -195,7 +195,7 @@ class PyTorchInstance(TensorInstance):
 
     def prepare(self, requests: list[InferRequest]):
         if self.gpu is None:
-            return [None if parts[0] is None else _from_numpy(self.torch, _joined(parts))
+            return [None if parts[0] is None else _from_numpy(self.torch, joined(parts))
                     for parts in self._parts(requests)]
         torch = self.torch
         self.turn ^= 1
@@ -294,11 +294,6 @@ class PyTorchInstance(TensorInstance):
             return tensor
         host = self.torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         return host.copy_(tensor, non_blocking=True)
-
-
-def _joined(parts: list) -> np.ndarray:
-    host = [to_host(p) for p in parts]
-    return host[0] if len(host) == 1 else np.concatenate(host)
 
 
 def _from_numpy(torch, array: np.ndarray):
