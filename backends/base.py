@@ -43,7 +43,8 @@ class ModelInstance:
     """One loaded copy of a model. Its methods run on the instance's worker thread, one batch at a
     time; they may block and need not be thread-safe. An instance that `overlaps` has the next
     batch's `prepare` called between this batch's `run` and `finish`, when a next batch is in hand (a
-    GPU instance uploads it while this one computes)."""
+    GPU instance uploads it while this one computes): that prepare must return at once, or nearly,
+    since this batch's answer waits for it."""
 
     overlaps = False
 

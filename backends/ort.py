@@ -19,7 +19,7 @@ from naiad.backends.base import (Backend, InstanceSpec, ModelFiles, TensorInstan
 from naiad.backends.signature import TensorSignature, complete
 from naiad.daemon import cuda, datatypes
 from naiad.daemon.cuda import DeviceArray
-from naiad.daemon.errors import ConfigError
+from naiad.daemon.errors import ConfigError, Internal
 from naiad.daemon.inference import InferRequest
 from naiad.daemon.model_config import ModelConfig
 
@@ -105,6 +105,7 @@ class OnnxRuntimeInstance(TensorInstance):
                                "usually CUDA or cuDNN libraries it cannot find): install "
                                "'naiad[onnxruntime-gpu]' with the CUDA and cuDNN it needs, or use KIND_CPU"])
         self.outputs = [o.name for o in files.config.output]
+        self.strings = {o.name for o in files.config.output if o.data_type is datatypes.BYTES}
 
     def to_framework(self, inputs: dict) -> dict[str, np.ndarray]:
         return {name: to_host(tensor) for name, tensor in inputs.items()}
@@ -122,7 +123,8 @@ class OnnxRuntimeInstance(TensorInstance):
                 binding.bind_input(name, "cuda", self.gpu, tensor.dtype, tensor.shape, tensor.pointer)
             else:
                 binding.bind_cpu_input(name, joined(parts))
-        on_device = outputs_on_device(requests, self.gpu)
+        # strings cannot go to CUDA shared memory: the request that asks for it gets that error
+        on_device = outputs_on_device(requests, self.gpu) - self.strings
         for name in self.outputs:
             if name in on_device:
                 binding.bind_output(name, "cuda", self.gpu)
@@ -154,8 +156,8 @@ class OnnxRuntimeInstance(TensorInstance):
             return value.numpy()
         datatype = datatypes.BY_NAME.get(TYPES.get(value.data_type(), ""))
         if datatype is None:
-            raise ConfigError([f"ONNX Runtime returned {value.data_type()} on the GPU, which has no "
-                               f"protocol data type"])
+            raise Internal(f"ONNX Runtime returned {value.data_type()} on the GPU, which has no protocol "
+                           f"data type")
         return DeviceArray(value.data_ptr(), tuple(value.shape()), datatype.numpy, self.gpu, value)
 
 

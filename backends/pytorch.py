@@ -207,9 +207,6 @@ class PyTorchInstance(TensorInstance):
                 tensors.append(None if parts[0] is None else self._upload(name, parts))
             done = self.uploaded[self.turn] = torch.cuda.Event()
             done.record(self.uploads)
-        for tensor in tensors:
-            if tensor is not None:
-                tensor.record_stream(self.stream)   # made on the upload stream, used on the compute one
         return tensors, done
 
     def _parts(self, requests: list[InferRequest]) -> list[list]:
@@ -221,7 +218,13 @@ class PyTorchInstance(TensorInstance):
         torch = self.torch
         if all(isinstance(p, DeviceArray) and p.device_id == self.gpu for p in parts):
             views = [_from_device(torch, p, self.device) for p in parts]
-            return views[0] if len(views) == 1 else torch.cat(views)
+            if len(views) == 1:
+                return views[0]   # the client's memory, read in place
+            tensor = self._ours(torch.cat(views))
+            # the join reads the clients' regions: done before the batch can end (a batch prepared
+            # ahead may be failed by a timeout), and a region be unmapped
+            self.uploads.synchronize()
+            return tensor
         host = [to_host(p) for p in parts]
         shape = host[0].shape if len(host) == 1 else (sum(h.shape[0] for h in host), *host[0].shape[1:])
         staged = self._staging_buffer(name, shape, host[0].dtype)
@@ -229,7 +232,13 @@ class PyTorchInstance(TensorInstance):
             staged[...] = host[0]
         else:
             np.concatenate(host, out=staged)
-        return _from_numpy(torch, staged).to(self.device, non_blocking=True)
+        return self._ours(_from_numpy(torch, staged).to(self.device, non_blocking=True))
+
+    def _ours(self, tensor):
+        """A tensor this instance made on the upload stream, for the compute stream: the caching
+        allocator must not reuse its memory before the compute stream is done with it."""
+        tensor.record_stream(self.stream)
+        return tensor
 
     def _staging_buffer(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """A pinned host array of this shape and type in this turn's set, reusing the input's buffer
