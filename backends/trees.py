@@ -1,7 +1,7 @@
 """Tree models (`backend: xgboost`): XGBoost models saved as JSON (`<version>/model.json`) or UBJSON
 (`model.ubj`), predicted through the Booster, on `cuda:N` for KIND_GPU instances (in-place prediction
-on device arrays; outputs placed in CUDA shared memory never leave the device), else the CPU. LightGBM models are not read (yet): convert them, or serve them from a
-Python model.
+on device arrays; outputs placed in CUDA shared memory never leave the device), else the CPU. LightGBM
+models are not read (yet): convert them, or serve them from a Python model.
 
 What to return is set as in Triton's FIL backend, with its parameter names:
 - `output_class: "true"`: a classifier; with `predict_proba: "true"` the probability of every class

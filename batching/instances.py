@@ -130,7 +130,8 @@ class Execution:
         return self.responses, Timings(self.start_ns, *self.spent_ns)
 
     def _responses(self) -> list[InferResponse]:
-        responses = [plain_parameters(self.model_name, r) for r in self.instance.finish(self.requests, self.value)]
+        finished = self.instance.finish(self.requests, self.value)
+        responses = [plain_parameters(self.model_name, r) for r in finished]
         place_outputs(self.requests, responses)
         return responses
 
@@ -142,7 +143,8 @@ class Execution:
             except NaiadError as e:
                 self.responses = failed(self.requests, e)
             except BaseException as e:  # the model's own failure, even SystemExit: fail this batch only
-                log.exception("model '%s' failed a batch of %d request(s)", self.model_name, len(self.requests))
+                log.exception("model '%s' failed a batch of %d request(s)", self.model_name,
+                              len(self.requests))
                 self.responses = failed(self.requests, Internal(
                     f"model '{self.model_name}' failed: {type(e).__name__}: {e}"))
             self.spent_ns[index] = time.perf_counter_ns() - began
