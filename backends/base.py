@@ -173,8 +173,9 @@ def joined(parts: list[Tensor]) -> np.ndarray:
 def outputs_on_device(requests: list[InferRequest], gpu: int | None) -> set[str]:
     """The outputs that some request of the batch places in CUDA shared memory on this instance's GPU:
     they stay in device memory and are copied device to device."""
-    return {name for r in requests for name, place in r.output_places.items()
-            if gpu is not None and place.device_id == gpu}
+    if gpu is None:
+        return set()
+    return {name for r in requests for name, place in r.output_places.items() if place.device_id == gpu}
 
 
 def model_file(files: ModelFiles, defaults: tuple[str, ...]) -> Path:
