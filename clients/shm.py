@@ -5,6 +5,7 @@ shared through a CUDA IPC handle (the CUDA driver through ctypes; arrays viewing
 or CuPy arrays, whichever is installed with CUDA)."""
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import inspect
@@ -13,6 +14,7 @@ import math
 import mmap
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,14 @@ from naiad.clients.errors import ClientError
 
 SHM_DIR = "/dev/shm"
 _numbers = itertools.count()
+# Triton lets go of a request's regions just after sending its response, and refuses to unregister a
+# region still held: a region left right after a call waits for that, up to about a second.
+_IN_USE_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, None)
+
+
+def _raise_unless_in_use(error: ClientError, wait: float | None) -> None:
+    if wait is None or "in use" not in str(error):
+        raise error
 
 
 def create(client, data, byte_size: int | None, device: str | int | None) -> SystemRegion | CudaRegion:
@@ -94,7 +104,13 @@ class _Region(RegionBase):
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
-            self._client.unregister_shm(self.kind, self.name)
+            for wait in _IN_USE_WAITS:
+                try:
+                    self._client.unregister_shm(self.kind, self.name)
+                    break
+                except ClientError as e:
+                    _raise_unless_in_use(e, wait)
+                time.sleep(wait)
         except ClientError:
             if exc is None:
                 raise
@@ -111,7 +127,13 @@ class _Region(RegionBase):
 
     async def __aexit__(self, exc_type, exc, traceback) -> None:
         try:
-            await self._client.unregister_shm(self.kind, self.name)
+            for wait in _IN_USE_WAITS:
+                try:
+                    await self._client.unregister_shm(self.kind, self.name)
+                    break
+                except ClientError as e:
+                    _raise_unless_in_use(e, wait)
+                await asyncio.sleep(wait)
         except ClientError:
             if exc is None:
                 raise
