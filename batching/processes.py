@@ -1,14 +1,18 @@
 """Model instances in processes of their own (the default for Python models): a CPU-bound model with
 count 2 uses two cores, and a model that crashes the interpreter takes down only its process.
 
-Parent and child talk over two pipes with small pickled messages of the types below; a batch's
-tensors travel through two shared memory files per instance, both owned by the parent: inputs (parent
-writes, the model reads them in place) and outputs (the child writes, the parent copies them out).
-The event loop watches the reply pipe, so a batch costs two process wake-ups and no thread. Besides
+Parent and child talk over pipes with small pickled messages of the types below; a batch's tensors
+travel through two shared memory files per instance, both owned by the parent: inputs (parent writes,
+the model reads them in place) and outputs (the child writes, the parent copies them out). Besides
 one batch at a time, the pipes carry a decoupled model's responses as it sends them (tensors inside
 the message) and the model's BLS calls to other models, several in flight, matched by id. A process
 that dies fails only the batch and the streams it held; it is started again, and the model's
 readiness says so until it is back.
+
+Three pipes, so that each message wakes the thread that waits for it and no other: the main pipe to
+the child's main thread, which runs the batches (batches, and the answers to BLS calls the main thread
+waits for); the side pipe to its reader thread (what must reach the model while a batch runs: other
+answers, cancelled streams); the reply pipe back, which the parent's event loop watches.
 
 Shared memory is reserved before it is used (posix_fallocate): where /dev/shm is too small, the batch
 that needed the room fails with a message that says so, instead of the server dying of SIGBUS. A
@@ -34,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from itertools import count
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -43,7 +47,8 @@ from naiad.backends.bls import Models, serve_call
 from naiad.batching.instances import Done, Limits, Pending, Timings, now_timings
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError, Internal, NaiadError, Unavailable
-from naiad.daemon.inference import InferRequest, InferResponse, ResponseStream, place_outputs
+from naiad.daemon.inference import (InferResponse, ResponseStream, pack_response, pack_tensors, place_outputs,
+                                    unpack_request, unpack_tensors)
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +89,13 @@ class StreamCancelled:
     key: int
 
 
-@dataclass(slots=True)
-class CallAnswer:
-    """An answer to the model's BLS call `id` (the last one with final); the response's outputs are
-    in `outputs`."""
+class CallAnswer(NamedTuple):
+    """An answer to the model's BLS call `id` (the last one with final): a packed response
+    (pack_response), its outputs in `outputs` (share_tensors), or None."""
     id: int
-    response: InferResponse | None
+    response: tuple | None
     final: bool
-    outputs: "dict | SharedTensors | None" = None
+    outputs: "list | SharedTensors" = ()
 
 
 # --- the messages: worker process to server --------------------------------------------------------
@@ -121,14 +125,15 @@ class Streamed:
     final: bool
 
 
-@dataclass(slots=True)
-class Call:
-    """The model calls another model (BLS); the request's inputs are in `inputs`."""
+class Call(NamedTuple):
+    """The model calls another model (BLS): a packed request (pack_request), its inputs in `inputs`
+    (share_tensors). `on_main`: the main thread waits for the answer; it goes on the main pipe."""
     id: int
-    request: InferRequest
-    inputs: "dict | SharedTensors"
+    request: tuple
+    inputs: "list | SharedTensors"
     stream: bool
     timeout: float | None
+    on_main: bool
 
 
 # --- pipes and shared memory, used on both sides ---------------------------------------------------
@@ -222,18 +227,18 @@ class SharedTensors:
     described: list[tuple]
 
 
-def share_tensors(tensors: dict) -> dict | SharedTensors:
-    """Tensors for a message: as they are when small (or when /dev/shm has no room for them), else
-    written into a new shared-memory file."""
+def share_tensors(tensors: dict) -> list | SharedTensors:
+    """Tensors for a message: packed (pack_tensors) when small (or when /dev/shm has no room for
+    them), else written into a new shared-memory file."""
     named = [(name, to_host(tensor)) for name, tensor in tensors.items()]
     raws = [tensor_bytes(array) for _, array in named]
     size = layout_size(raws)
     if size <= SHARE_TENSOR_BYTES:
-        return tensors
+        return pack_tensors(dict(named))
     try:
         segment = Segment.new(size)
     except OSError:
-        return tensors
+        return pack_tensors(dict(named))
     try:
         described, _ = write_tensors(segment, named, raws)
     finally:
@@ -241,11 +246,11 @@ def share_tensors(tensors: dict) -> dict | SharedTensors:
     return SharedTensors(segment.path, size, described)
 
 
-def take_tensors(tensors: dict | SharedTensors) -> dict:
-    """The tensors of a message; shared ones as views of their file, which is unlinked now (the
-    mapping lasts as long as the arrays do)."""
+def take_tensors(tensors: list | SharedTensors) -> dict:
+    """The tensors of a message, read-only; shared ones as views of their file, which is unlinked now
+    (the mapping lasts as long as the arrays do)."""
     if not isinstance(tensors, SharedTensors):
-        return tensors
+        return unpack_tensors(tensors)
     segment = Segment(tensors.path, tensors.size, create=False)
     os.unlink(tensors.path)
     return dict(read_tensor(segment.map, d, copy=False) for d in tensors.described)
@@ -344,32 +349,30 @@ async def wait_for_exit(processes: list[subprocess.Popen], timeout: float) -> No
 
 
 class _Child:
-    """A worker process and the parent's ends of its two pipes. Each descriptor is closed once, by
-    `close` (the request pipe possibly earlier, by `end_requests`)."""
+    """A worker process and the parent's ends of its three pipes (main, side, reply). Each descriptor
+    is closed once, by `close` (the main and side pipes possibly earlier, by `end_requests`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.request_fd = self.reply_fd = -1
+        self.main_fd = self.side_fd = self.reply_fd = -1
         self.watched = False
-        request_read, request_write = os.pipe()
+        pipes: list[tuple[int, int]] = []
         try:
-            reply_read, reply_write = os.pipe()
-        except BaseException:
-            os.close(request_read)
-            os.close(request_write)
-            raise
-        try:
+            for _ in range(3):
+                pipes.append(os.pipe())
+            (main_read, main_write), (side_read, side_write), (reply_read, reply_write) = pipes
+            child_ends = (main_read, side_read, reply_write)
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "naiad.batching.worker_process", str(request_read), str(reply_write)],
-                pass_fds=(request_read, reply_write))
+                [sys.executable, "-m", "naiad.batching.worker_process", *map(str, child_ends)],
+                pass_fds=child_ends)
         except BaseException:
-            os.close(request_write)
-            os.close(reply_read)
+            for pipe in pipes:
+                for fd in pipe:
+                    os.close(fd)
             raise
-        finally:
-            os.close(request_read)
-            os.close(reply_write)
-        self.request_fd, self.reply_fd = request_write, reply_read
+        for fd in child_ends:
+            os.close(fd)
+        self.main_fd, self.side_fd, self.reply_fd = main_write, side_write, reply_read
         os.set_blocking(reply_read, False)
         self.replies = Receiver(reply_read)
 
@@ -393,13 +396,19 @@ class _Child:
             return False
 
     def send(self, message) -> None:
-        send(self.request_fd, message)
+        """To the main thread: a message it waits for."""
+        send(self.main_fd, message)
+
+    def send_side(self, message) -> None:
+        """To the reader thread: a message for the model while a batch may run."""
+        send(self.side_fd, message)
 
     def end_requests(self) -> None:
-        """Close the request pipe: the process finishes its batch, runs finalize and exits."""
-        if self.request_fd >= 0:
-            os.close(self.request_fd)
-            self.request_fd = -1
+        """Close the main and side pipes: the process finishes its batch, runs finalize and exits."""
+        for fd in (self.main_fd, self.side_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.main_fd = self.side_fd = -1
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -651,7 +660,7 @@ class ProcessWorker:
     def _cancel_stream(self, key: int) -> None:
         if self.streams.pop(key, None) is not None and self.child is not None:
             with contextlib.suppress(OSError):  # it died: its streams end with it
-                self.child.send(StreamCancelled(key))
+                self.child.send_side(StreamCancelled(key))
 
     def _end_streams(self, error: NaiadError) -> None:
         streams, self.streams = self.streams, {}
@@ -688,18 +697,20 @@ class ProcessWorker:
     def _serve_call(self, call: Call) -> None:
         def deliver(response: InferResponse | None, final: bool) -> None:
             if child is self.child:  # else the process that asked is gone
-                outputs = None
-                if response is not None and response.outputs:
-                    outputs, response.outputs = share_tensors(response.outputs), {}
+                answer = CallAnswer(call.id, None, final)
+                if response is not None:
+                    outputs, response.outputs = response.outputs, {}
+                    answer = CallAnswer(call.id, pack_response(response), final, share_tensors(outputs))
                 with contextlib.suppress(OSError):
-                    child.send(CallAnswer(call.id, response, final, outputs))
+                    (child.send if call.on_main else child.send_side)(answer)
 
         child = self.child
-        call.request.inputs = take_tensors(call.inputs)
+        request = unpack_request(call.request)
+        request.inputs = take_tensors(call.inputs)
         if self.models is None:
             deliver(InferResponse(error=Unavailable("calls to other models are not possible here")), True)
             return
-        task = self.loop.create_task(serve_call(self.models, call.request, call.stream, call.timeout, deliver))
+        task = self.loop.create_task(serve_call(self.models, request, call.stream, call.timeout, deliver))
         self.calls.add(task)
         task.add_done_callback(self.calls.discard)
 

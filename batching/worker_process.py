@@ -1,14 +1,15 @@
-"""The child side of a ProcessWorker: `python -m naiad.batching.worker_process REQUEST_FD REPLY_FD`.
-Sets up one model instance, then runs the batches the server sends until the request pipe closes.
+"""The child side of a ProcessWorker:
+`python -m naiad.batching.worker_process MAIN_FD SIDE_FD REPLY_FD`. Sets up one model instance, then
+runs the batches the server sends until the main pipe closes.
 
-The main thread runs the batches. A reader thread takes every message off the request pipe: batches
-go to the main thread; answers to the model's BLS calls and cancelled streams are dealt with at once,
-even while a batch runs (the batch may be the one waiting for them). Replies are written from any
-thread (a decoupled model sends from its own), one whole message at a time."""
+The main thread reads the main pipe: batches, which it runs, and the answer to a BLS call it makes
+and waits for (the usual `exec()` inside `execute`), which it reads itself. A reader thread takes what
+comes on the side pipe at once, even while a batch runs: answers to calls made otherwise (from other
+threads, `async_exec`, streams) and cancelled streams. Replies are written from any thread (a
+decoupled model sends from its own), one whole message at a time."""
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import sys
 import threading
@@ -23,7 +24,8 @@ from naiad.batching.processes import (BatchDone, Call, CallAnswer, Receiver, Seg
                                       write_tensors)
 from naiad.daemon import logs
 from naiad.daemon.errors import ConfigError, Internal, Unavailable
-from naiad.daemon.inference import InferRequest, InferResponse, RequestedOutput
+from naiad.daemon.inference import (InferRequest, InferResponse, RequestedOutput, pack_request,
+                                    unpack_response)
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,13 @@ class PipeSink:
 
 
 class PipeCalls:
-    """The model's BLS calls, sent to the server; each one's answers come back through the reader
-    thread. When the server goes away, every call still waiting fails."""
+    """The model's BLS calls, sent to the server. A call the main thread waits for is answered on the
+    main pipe, which that thread reads itself (`infer_on_main`); the others' answers come through
+    the reader thread. When the server goes away, every call still waiting fails."""
 
-    def __init__(self, replies: Replies):
+    def __init__(self, replies: Replies, main_in: Receiver):
         self.replies = replies
+        self.main_in = main_in
         self.ids = count()
         self.waiting: dict[int, Deliver] = {}
         self.closed = False
@@ -69,30 +73,73 @@ class PipeCalls:
     def start(self, request: InferRequest, stream: bool, timeout: float | None, deliver: Deliver) -> None:
         call_id = next(self.ids)
         self.waiting[call_id] = deliver
-        if self.closed:
-            self.answer(CallAnswer(call_id, InferResponse(error=Unavailable("the server is stopping")), True))
+        if self.closed:  # whoever takes it out of `waiting` answers it: here, or close()
+            if self.waiting.pop(call_id, None) is not None:
+                deliver(_stopping(), True)
             return
+        self._send(call_id, request, stream, timeout, on_main=False)
+
+    def infer_on_main(self, request: InferRequest, timeout: float | None) -> InferResponse:
+        """A call from the main thread, which waits for it: answered on the main pipe, read here."""
+        call_id = next(self.ids)
+        self._send(call_id, request, False, timeout, on_main=True)
+        while (message := self.main_in.receive()) is not None:
+            if not isinstance(message, CallAnswer):
+                raise Internal(f"the server sent a {type(message).__name__} while the model waited "
+                               f"for its call to model '{request.model_name}'")
+            if message.id == call_id:
+                return _response(message)
+            self.answer(message)
+        return _stopping()
+
+    def _send(self, call_id: int, request: InferRequest, stream: bool, timeout: float | None,
+              on_main: bool) -> None:
         inputs, request.inputs = share_tensors(request.inputs), {}
-        self.replies.send(Call(call_id, request, inputs, stream, timeout))
+        self.replies.send(Call(call_id, pack_request(request), inputs, stream, timeout, on_main))
 
     def answer(self, message: CallAnswer) -> None:
-        if message.outputs is not None:
-            message.response.outputs = take_tensors(message.outputs)  # even when nobody waits any more
+        response = _response(message)  # its shared file is taken even when nobody waits any more
         deliver = self.waiting.pop(message.id, None) if message.final else self.waiting.get(message.id)
         if deliver is not None:
-            deliver(message.response, message.final)
+            deliver(response, message.final)
 
     def close(self) -> None:
         self.closed = True
         for call_id in list(self.waiting):
-            self.answer(CallAnswer(call_id, InferResponse(error=Unavailable("the server is stopping")), True))
+            deliver = self.waiting.pop(call_id, None)
+            if deliver is not None:
+                deliver(_stopping(), True)
 
 
-def read_requests(requests_in: Receiver, batches: queue.SimpleQueue, calls: PipeCalls,
-                  streams: dict[int, PipeSink]) -> None:
-    """The reader thread: until the request pipe ends (then the main thread is told with None)."""
+def _stopping() -> InferResponse:
+    return InferResponse(error=Unavailable("the server is stopping"))
+
+
+def _response(message: CallAnswer) -> InferResponse | None:
+    if message.response is None:
+        return None
+    response = unpack_response(message.response)
+    response.outputs = take_tensors(message.outputs)
+    return response
+
+
+class WorkerBls(BlsClient):
+    """BLS from a worker process: a blocking call from the main thread reads its own answer."""
+
+    def __init__(self, calls: PipeCalls):
+        super().__init__(calls.start)
+        self.calls = calls
+
+    def infer(self, request: InferRequest, timeout: float | None) -> InferResponse:
+        if threading.current_thread() is threading.main_thread():
+            return self.calls.infer_on_main(request, timeout)
+        return super().infer(request, timeout)
+
+
+def read_side(side_in: Receiver, calls: PipeCalls, streams: dict[int, PipeSink]) -> None:
+    """The reader thread: until the side pipe ends (the server is gone or stopping)."""
     try:
-        while (message := requests_in.receive()) is not None:
+        while (message := side_in.receive()) is not None:
             if isinstance(message, CallAnswer):
                 calls.answer(message)
             elif isinstance(message, StreamCancelled):
@@ -100,31 +147,29 @@ def read_requests(requests_in: Receiver, batches: queue.SimpleQueue, calls: Pipe
                 if sink is not None:
                     sink.cancelled = True
             else:
-                batches.put(message)
+                raise TypeError(f"unexpected {type(message).__name__} on the side pipe")
     finally:
         calls.close()
-        batches.put(None)
 
 
-def main(request_fd: int, reply_fd: int) -> int:
+def main(main_fd: int, side_fd: int, reply_fd: int) -> int:
     # Ctrl-C, and SIGTERM from a supervisor that signals the whole process group, are for the server:
-    # it decides when its workers end (it closes their request pipe), after requests in flight.
+    # it decides when its workers end (it closes their pipes), after requests in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    requests_in = Receiver(request_fd)
-    setup = requests_in.receive()
+    main_in = Receiver(main_fd)
+    setup = main_in.receive()
     if not isinstance(setup, Setup):
         return 0
     files, spec = setup.files, setup.spec
     # the server's log settings when this process started: the environment carries them
     logs.setup(logs.inherited(), process=f"{files.name}/{spec.name}", model=files.name)
     replies = Replies(reply_fd)
-    calls = PipeCalls(replies)
-    python_api.connect(BlsClient(calls.start))
+    calls = PipeCalls(replies, main_in)
+    python_api.connect(WorkerBls(calls))
     streams: dict[int, PipeSink] = {}
-    batches: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=read_requests, args=(requests_in, batches, calls, streams), daemon=True,
-                     name="naiad-requests").start()
+    threading.Thread(target=read_side, args=(Receiver(side_fd), calls, streams), daemon=True,
+                     name="naiad-side").start()
     replies.send(SettingUp())  # the server times the set-up from here
     try:
         instance = create_instance(files, spec)  # never raises but ConfigError, even for SystemExit
@@ -133,7 +178,7 @@ def main(request_fd: int, reply_fd: int) -> int:
         return 1
     replies.send(SetUp())
     inputs = outputs = None
-    while (message := batches.get()) is not None:
+    while (message := main_in.receive()) is not None:
         if message.segments is not None:
             for segment in (inputs, outputs):
                 if segment is not None:
@@ -193,4 +238,4 @@ class _Bytes:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(main(*map(int, sys.argv[1:4])))

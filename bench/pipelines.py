@@ -1,7 +1,7 @@
 """What an ensemble and a BLS call cost, in naiad and in Triton serving the same repository in one run.
 
 One repository of config.pbtxt files that both servers load unchanged: three Python steps (FP32 [16],
-+1, max_batch_size 8, default instance settings), `pipeline` (an ensemble of the three in a row), `bls`
++1, max_batch_size 8, one CPU instance each), `pipeline` (an ensemble of the three in a row), `bls`
 (a Python model that calls `step1` once per request with exec() and returns its answer) and `nocall`
 (the same Python model doing the +1 itself, no call). naiad also serves copies run on a worker thread
 (`parameters { execution: thread }`, the `_thread` models); Triton loads only the shared ones.
@@ -85,6 +85,9 @@ NOCALL = """
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x + 1)]))
             return responses
 """
+# on a host with GPUs, Triton would place Python models on them and hand tensors between them in GPU
+# memory; here both servers run them on the CPU, as naiad does by default
+CPU_INSTANCE = "instance_group [ { kind: KIND_CPU } ]\n"
 THREAD = 'parameters { key: "execution" value { string_value: "thread" } }\n'
 SHARED_MODELS = (*STEPS, "pipeline", "bls", "nocall")
 CALLEES = {"pipeline": STEPS, "bls": ("step1",)}
@@ -93,7 +96,8 @@ CALLEES = {"pipeline": STEPS, "bls": ("step1",)}
 def python_model(repository: Path, name: str, source: str, extra: str) -> None:
     (repository / name / "1").mkdir(parents=True)
     (repository / name / "1" / "model.py").write_text(textwrap.dedent(source).lstrip())
-    (repository / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\n{SIGNATURE}{extra}')
+    (repository / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "python"\n{SIGNATURE}{CPU_INSTANCE}{extra}')
 
 
 def ensemble(repository: Path, name: str, steps: list[str]) -> None:

@@ -20,7 +20,8 @@ from naiad.daemon import logs
 from naiad.daemon.arena import Arena
 from naiad.daemon.dataplane import METHODS, DataPlane
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
-from naiad.daemon.inference import InferRequest, InferResponse, RequestedOutput
+from naiad.daemon.inference import (InferRequest, InferResponse, pack_request, pack_response, unpack_request,
+                                    unpack_response)
 from naiad.daemon.served_model import checked
 
 log = logging.getLogger(__name__)
@@ -73,46 +74,6 @@ class Started:
     has one), or why it cannot."""
     error: str | None = None
     arena: tuple[str, int] | None = None
-
-
-# --- requests and responses as plain tuples: pickled many times faster than the dataclasses ---------
-
-def _pack_tensors(tensors: dict) -> list[tuple]:
-    """Numbers as (name, dtype, shape, bytes); anything else (BYTES, BF16, shared-memory and arena
-    references) as (name, object)."""
-    return [(name, t.dtype.str, t.shape, t.tobytes())
-            if isinstance(t, np.ndarray) and t.dtype.kind in "biuf" else (name, t)
-            for name, t in tensors.items()]
-
-
-def _unpack_tensors(packed: list[tuple]) -> dict:
-    return {item[0]: np.frombuffer(item[3], item[1]).reshape(item[2]) if len(item) == 4 else item[1]
-            for item in packed}
-
-
-def pack_request(r: InferRequest) -> tuple:
-    outputs = r.requested_outputs
-    if outputs is not None:
-        outputs = [(o.name, o.binary, o.where) for o in outputs]
-    return (r.model_name, r.model_version, _pack_tensors(r.inputs), outputs, r.id, r.parameters, r.priority,
-            r.timeout_us)
-
-
-def unpack_request(packed: tuple) -> InferRequest:
-    name, version, inputs, outputs, request_id, parameters, priority, timeout_us = packed
-    if outputs is not None:
-        outputs = [RequestedOutput(*o) for o in outputs]
-    return InferRequest(name, version, _unpack_tensors(inputs), outputs, request_id, parameters, priority,
-                        timeout_us)
-
-
-def pack_response(r: InferResponse) -> tuple:
-    return _pack_tensors(r.outputs), r.error, r.parameters
-
-
-def unpack_response(packed: tuple) -> InferResponse:
-    outputs, error, parameters = packed
-    return InferResponse(_unpack_tensors(outputs), error, parameters)
 
 
 class MessageProtocol(asyncio.Protocol):

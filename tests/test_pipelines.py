@@ -191,8 +191,11 @@ def test_large_bls_tensors_cross_through_shared_memory(pipelines):
 def test_share_tensors_uses_a_file_of_their_own_above_64_kib():
     from naiad.batching.processes import SharedTensors, share_tensors, take_tensors
 
-    small = {"x": np.ones(16, np.float32)}
-    assert share_tensors(small) is small
+    small = {"x": np.ones(16, np.float32), "t": np.array([b"text"], dtype=object)}
+    packed = share_tensors(small)
+    assert not isinstance(packed, SharedTensors)  # inside the message
+    np.testing.assert_array_equal(take_tensors(packed)["x"], small["x"])
+    assert take_tensors(packed)["t"].tolist() == [b"text"]
     large = {"x": np.arange(100_000, dtype=np.float32), "t": np.array([b"text"], dtype=object)}
     shared = share_tensors(large)
     assert isinstance(shared, SharedTensors) and os.path.exists(shared.path)
