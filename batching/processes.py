@@ -610,7 +610,8 @@ class ProcessWorker:
                           self.model_name, self.name, type(e).__name__, e)
                 e = Internal(f"model '{self.model_name}': handing the batch to the worker process of "
                              f"instance '{self.name}' failed: {type(e).__name__}: {e}")
-            self.loop.call_soon(self.on_done, self, batch, failed([p.request for p in batch], e), now_timings())
+            self.loop.call_soon(self.on_done, self, batch, failed([p.request for p in batch], e),
+                                now_timings())
             return
         try:
             self.child.send(message)
@@ -731,7 +732,8 @@ class ProcessWorker:
             place_outputs([p.request for p in batch], responses)
             timings = Timings(*message.timings)
         except Exception as e:
-            log.exception("model '%s': reading the answer of instance '%s' failed", self.model_name, self.name)
+            log.exception("model '%s': reading the answer of instance '%s' failed",
+                          self.model_name, self.name)
             responses = failed([p.request for p in batch], Internal(
                 f"model '{self.model_name}': reading the answer of instance '{self.name}' failed: "
                 f"{type(e).__name__}: {e}"))

@@ -81,6 +81,8 @@ class PipeCalls:
 
     def infer_on_main(self, request: InferRequest, timeout: float | None) -> InferResponse:
         """A call from the main thread, which waits for it: answered on the main pipe, read here."""
+        if self.closed:
+            return _stopping()
         call_id = next(self.ids)
         self._send(call_id, request, False, timeout, on_main=True)
         while (message := self.main_in.receive()) is not None:
@@ -191,7 +193,8 @@ def main(main_fd: int, side_fd: int, reply_fd: int) -> int:
         for model, version, request_id, parameters, requested, batch_size, key, described in message.requests:
             tensors = dict(read_tensor(inputs.map, d, copy=False) for d in described)
             wanted = None if requested is None else [RequestedOutput(name) for name in requested]
-            request = InferRequest(model, version, tensors, wanted, request_id, parameters, batch_size=batch_size)
+            request = InferRequest(model, version, tensors, wanted, request_id, parameters,
+                                   batch_size=batch_size)
             if key is not None:
                 request.sink = streams[key] = PipeSink(key, replies, streams)
             requests.append(request)

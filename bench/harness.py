@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,19 +56,33 @@ class Server:
             self.process.wait()
 
 
-def start_naiad(repository: Path, *args: str) -> Server:
-    """naiad serving the repository; its log goes to naiad.log beside the repository."""
+def start_naiad(repository: Path, *args: str, checkout: Path | None = None) -> Server:
+    """naiad serving the repository (the code of another checkout of naiad's source, if given); its
+    log goes to naiad.log beside the repository."""
     http_port, grpc_port = free_port(), free_port()
+    env = None if checkout is None else {**os.environ, "PYTHONPATH": _importable(checkout, repository.parent)}
     with open(repository.parent / "naiad.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "naiad.daemon", "serve", "--model-repository", str(repository),
              "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--allow-metrics", "false", *args],
-            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+            start_new_session=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         return Server(process, http_port, grpc_port).wait_ready()
     except SystemExit:
         print((repository.parent / "naiad.log").read_text()[-3000:], file=sys.stderr)
         raise
+
+
+def _importable(checkout: Path, work: Path) -> str:
+    """A folder (made in `work`) to put first on PYTHONPATH, where `naiad.*` imports the checkout's
+    folders (linked the way its pyproject.toml maps them), ahead of the naiad installed here."""
+    folders = tomllib.loads((checkout / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    site = Path(tempfile.mkdtemp(prefix="checkout-", dir=work))
+    (site / "naiad").mkdir()
+    for package, folder in folders.items():
+        if "." in package:
+            (site / "naiad" / package.split(".", 1)[1]).symlink_to((checkout / folder).resolve())
+    return str(site)
 
 
 def start_command(command: list[str]) -> Server:

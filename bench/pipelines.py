@@ -20,7 +20,7 @@ target, in rounds, and each figure is its median over the rounds. From them, per
   nocall: what the call costs beyond the callee's own time; and bls - nocall, what one call adds to a
   request, the callee included.
 
-    python bench/pipelines.py [--window-ms 2000] [--rounds 3] [--triton CMD]
+    python bench/pipelines.py [--window-ms 2000] [--rounds 3] [--triton CMD] [--before CHECKOUT]
 """
 from __future__ import annotations
 
@@ -175,6 +175,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also measure the naiad of another checkout of its source (an earlier commit, "
+                             "from `git worktree add`), with worker processes")
     parser.add_argument("--triton", default=f"bash {ROOT / 'bench' / 'peers' / 'peers.sh'} triton",
                         help="command that starts Triton given HTTP GRPC METRICS ports and a repository "
                              "folder after it (default: the peers script, after `bench/peers/peers.sh setup`)")
@@ -186,6 +189,8 @@ def main() -> int:
     # (label, server, model suffix): naiad's Python models run in worker processes by default
     setups = [("naiad (process)", "naiad", ""), ("naiad (thread)", "naiad", "_thread"),
               ("Triton", "triton", "")]
+    if args.before:
+        setups.insert(0, ("naiad before (process)", "before", ""))
     # (model, concurrency), each measured on every setup in turn
     targets = [(model, 1) for model in SHARED_MODELS] + [("pipeline", 16), ("step1", 16)]
     work = Path(tempfile.mkdtemp(prefix="naiad-pipelines-"))
@@ -194,6 +199,8 @@ def main() -> int:
     servers: dict[str, harness.Server] = {}
     try:
         servers["naiad"] = harness.start_naiad(repository)
+        if args.before:
+            servers["before"] = harness.start_naiad(repository, checkout=args.before)
         servers["triton"] = start_triton(args.triton, repository)
         seconds = args.window_ms / 1000
         for _, server, suffix in setups:  # warm-up, not reported

@@ -131,6 +131,31 @@ BLS_FAN_OUT = """
             return responses
 """
 
+# calls add_one with exec() from its own thread and double from two threads of a pool, all at once,
+# and returns the three answers' sum
+BLS_THREADS = """
+    from concurrent.futures import ThreadPoolExecutor
+    import triton_python_backend_utils as pb_utils
+
+    def call(name, x):
+        answer = pb_utils.InferenceRequest(model_name=name, inputs=[pb_utils.Tensor("INPUT0", x)],
+                                           requested_output_names=["OUTPUT0"]).exec()
+        return pb_utils.get_output_tensor_by_name(answer, "OUTPUT0").as_numpy()
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.pool = ThreadPoolExecutor(2)
+
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                others = [self.pool.submit(call, "double", x) for _ in range(2)]
+                total = call("add_one", x) + sum(other.result() for other in others)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", total)]))
+            return responses
+"""
+
 # sends each request to add_one when its values sum above zero, else to double
 BLS_ROUTER = """
     import triton_python_backend_utils as pb_utils
@@ -215,6 +240,7 @@ def write_pipeline_models(repository: Path) -> None:
     write_model(repository, "bls_sync_thread", fp32_config("thread"), BLS_SYNC)
     write_model(repository, "bls_sync_inline", fp32_config("inline"), BLS_SYNC)
     write_model(repository, "bls_fan_out", fp32_config(), BLS_FAN_OUT)
+    write_model(repository, "bls_threads", fp32_config(), BLS_THREADS)
     write_model(repository, "bls_router", fp32_config(), BLS_ROUTER)
     write_model(repository, "bls_call_error", {**fp32_config(), "output": [tensor("TEXT", "TYPE_STRING", [1])]},
                 BLS_CALL_ERROR)

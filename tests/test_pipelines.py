@@ -166,6 +166,7 @@ X = np.array([[1, 2]], np.float32)
     ("bls_sync", (X + 1) * 2),          # a worker process calls add_one
     ("bls_sync_thread", (X + 1) * 2),   # the same from a thread in the server's process
     ("bls_fan_out", (X + 1) + X * 2),   # async_exec to two models at once, merged
+    ("bls_threads", (X + 1) + 2 * X * 2),   # exec() from the model's own thread and two others at once
     ("bls_router", X + 1),              # routed by a rule to add_one
 ])
 def test_bls_calls(pipelines, model, expected):
