@@ -698,8 +698,9 @@ class ProcessWorker:
     def _serve_call(self, call: Call) -> None:
         def deliver(response: InferResponse | None, final: bool) -> None:
             if child is self.child:  # else the process that asked is gone
-                answer = CallAnswer(call.id, None, final)
-                if response is not None:
+                if response is None:
+                    answer = CallAnswer(call.id, None, final)
+                else:
                     outputs, response.outputs = response.outputs, {}
                     answer = CallAnswer(call.id, pack_response(response), final, share_tensors(outputs))
                 with contextlib.suppress(OSError):
