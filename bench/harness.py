@@ -60,7 +60,10 @@ def start_naiad(repository: Path, *args: str, checkout: Path | None = None) -> S
     """naiad serving the repository (the code of another checkout of naiad's source, if given); its
     log goes to naiad.log beside the repository."""
     http_port, grpc_port = free_port(), free_port()
-    env = None if checkout is None else {**os.environ, "PYTHONPATH": _importable(checkout, repository.parent)}
+    env = None
+    if checkout is not None:  # its folders first, then whatever this environment imports from
+        paths = [_importable(checkout, repository.parent), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     with open(repository.parent / "naiad.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "naiad.daemon", "serve", "--model-repository", str(repository),

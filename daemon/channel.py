@@ -84,7 +84,9 @@ class MessageProtocol(asyncio.Protocol):
         self.on_lost = on_lost
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.outgoing: list[bytes] = []   # written together, once per turn of the event loop
+        # written together, at the end of a turn of the event loop, or of a read that answered at once
+        self.outgoing: list[bytes] = []
+        self.flush_due = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -102,17 +104,23 @@ class MessageProtocol(asyncio.Protocol):
             start = end
             self.on_message(message)
         del buffer[:start]
+        self._write_outgoing()  # the answers these messages got at once go now, together
 
     def send(self, message) -> None:
         if self.closed:
             return
         data = pickle.dumps(message, protocol=5)
-        if not self.outgoing:
+        if not self.flush_due:
+            self.flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
         self.outgoing += (_LENGTH.pack(len(data)), data)
 
     def _flush(self) -> None:
-        if not self.transport.is_closing():
+        self.flush_due = False
+        self._write_outgoing()
+
+    def _write_outgoing(self) -> None:
+        if self.outgoing and not self.transport.is_closing():
             self.transport.write(b"".join(self.outgoing))
         self.outgoing.clear()
 
