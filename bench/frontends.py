@@ -1,6 +1,7 @@
 """The data plane on many cores: naiad's `simple` with --frontends 1, 2, 4 and 8 against Triton (`simple`
 with and without dynamic batching) and a bare grpc.aio servicer, perf_analyzer over gRPC with
---async and batch 1, at concurrency 1 (latency), 16, 64 and 128. Prints Markdown tables.
+--async and batch 1, at concurrency 16, 64 and 128, and at concurrency 1 for the latency (naiad with each
+frontend count, Triton's `simple`, the bare servicer). Prints Markdown tables.
 
     python bench/frontends.py [--perf-analyzer PATH] [--triton CMD] [--frontends 1 2 4 8] [--seconds 2]
                               [--channel-share N]
@@ -71,8 +72,8 @@ def main() -> None:
         for count in args.frontends:
             server = harness.start_naiad(repository, "--frontends", str(count))
             try:
-                latency.append((count, harness.perf(args.perf_analyzer, server.grpc_port, "simple", 1,
-                                                    args.seconds)))
+                latency.append((f"naiad, --frontends {count}",
+                                harness.perf(args.perf_analyzer, server.grpc_port, "simple", 1, args.seconds)))
                 print(row(f"naiad `simple`, --frontends {count}",
                           measure(args.perf_analyzer, server, "simple", args.seconds)), flush=True)
                 if count == max(args.frontends):
@@ -83,6 +84,8 @@ def main() -> None:
         if args.triton:
             server = harness.start_command(shlex.split(args.triton))
             try:
+                latency.append(("Triton", harness.perf(args.perf_analyzer, server.grpc_port, "simple", 1,
+                                                       args.seconds)))
                 for model in ("simple", "simple_dyna"):
                     print(row(f"Triton `{model}`", measure(args.perf_analyzer, server, model, args.seconds)),
                           flush=True)
@@ -90,12 +93,14 @@ def main() -> None:
                 server.stop()
         ceiling = harness.start_grpc_only([sys.executable, str(ROOT / "bench" / "grpc_ceiling.py")])
         try:
+            latency.append(("bare grpc.aio servicer",
+                            harness.perf(args.perf_analyzer, ceiling.grpc_port, "simple", 1, args.seconds)))
             print(row("bare grpc.aio servicer", measure(args.perf_analyzer, ceiling, "simple", args.seconds)))
         finally:
             ceiling.stop()
-    print("\n| naiad `simple`, concurrency 1 | infer/s | avg latency µs |\n| --- | --- | --- |")
-    for count, found in latency:
-        print(f"| --frontends {count} | {found.throughput:,.0f} | {found.latency_ms * 1000:,.0f} |")
+    print("\n| `simple` at concurrency 1 | infer/s | avg latency µs |\n| --- | --- | --- |")
+    for label, found in latency:
+        print(f"| {label} | {found.throughput:,.0f} | {found.latency_ms * 1000:,.0f} |")
 
 
 if __name__ == "__main__":
