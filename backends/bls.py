@@ -30,37 +30,81 @@ Start = Callable[[InferRequest, bool, "float | None", Deliver], None]
 class Models(Protocol):
     """The server's models, as the registry offers them."""
 
-    async def infer(self, request: InferRequest) -> InferResponse: ...
+    def submit(self, request: InferRequest) -> asyncio.Future: ...
 
     def stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]: ...
 
 
-async def serve_call(models: Models, request: InferRequest, stream: bool, timeout: float | None,
-                     deliver: Deliver) -> None:
-    """Run one BLS call and deliver its answers; never raises (a failure is the last answer)."""
+def serve_call(models: Models, request: InferRequest, stream: bool, timeout: float | None,
+               deliver: Deliver) -> asyncio.Future | None:
+    """Start one BLS call, which delivers its answers; never raises (a failure is the last answer).
+    What it returns (None when the call was answered at once) ends the call when cancelled, with an
+    answer that says so. A plain call runs on the callee's future, without a task: the hop from a
+    worker process is on the request path of every call."""
+    if stream:
+        return asyncio.ensure_future(_serve_stream(models, request, timeout, deliver))
+    name = request.model_name
+    try:
+        answer = models.submit(request)
+    except Exception as e:
+        deliver(_failure(name, e), True)
+        return None
+    timed_out = False
+
+    def time_out() -> None:
+        nonlocal timed_out
+        timed_out = True
+        answer.cancel()
+
+    timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, time_out)
+
+    def done(answer: asyncio.Future) -> None:
+        if timer is not None:
+            timer.cancel()
+        if answer.cancelled():
+            deliver(_timed_out(name, timeout) if timed_out else _cancelled(name), True)
+        elif (error := answer.exception()) is None:
+            deliver(_on_host(answer.result()), True)
+        else:
+            deliver(_failure(name, error), True)
+
+    answer.add_done_callback(done)
+    return answer
+
+
+async def _serve_stream(models: Models, request: InferRequest, timeout: float | None,
+                        deliver: Deliver) -> None:
     name = request.model_name
     try:
         async with asyncio.timeout(timeout):
-            if stream:
-                async for response, final in models.stream(request):
-                    deliver(_on_host(response), final)
-                    if final:
-                        return
-                deliver(None, True)
-            else:
-                deliver(_on_host(await models.infer(request)), True)
+            async for response, final in models.stream(request):
+                deliver(_on_host(response), final)
+                if final:
+                    return
+            deliver(None, True)
     except TimeoutError:
-        deliver(InferResponse(error=Unavailable(
-            f"the call to model '{name}' did not finish within its timeout of {timeout:g} s")), True)
-    except NaiadError as e:
-        deliver(InferResponse(error=e), True)
+        deliver(_timed_out(name, timeout), True)
     except asyncio.CancelledError:
-        deliver(InferResponse(error=Unavailable(f"the call to model '{name}' was cancelled: the server "
-                                                f"or the calling model is stopping")), True)
+        deliver(_cancelled(name), True)
         raise
     except Exception as e:
-        deliver(InferResponse(error=Internal(f"the call to model '{name}' failed: {type(e).__name__}: {e}")),
-                True)
+        deliver(_failure(name, e), True)
+
+
+def _timed_out(name: str, timeout: float) -> InferResponse:
+    return InferResponse(error=Unavailable(
+        f"the call to model '{name}' did not finish within its timeout of {timeout:g} s"))
+
+
+def _cancelled(name: str) -> InferResponse:
+    return InferResponse(error=Unavailable(f"the call to model '{name}' was cancelled: the server or the "
+                                           f"calling model is stopping"))
+
+
+def _failure(name: str, error: BaseException) -> InferResponse:
+    if not isinstance(error, NaiadError):
+        error = Internal(f"the call to model '{name}' failed: {type(error).__name__}: {error}")
+    return InferResponse(error=error)
 
 
 def _on_host(response: InferResponse | None) -> InferResponse | None:
@@ -75,7 +119,7 @@ def start_in_process(models: Models, loop: asyncio.AbstractEventLoop) -> Start:
         if _on_loop(loop):
             raise RuntimeError("a model that runs on the server's event loop (execution: inline) cannot "
                                "wait for another model; use execution: thread or process")
-        loop.call_soon_threadsafe(loop.create_task, serve_call(models, request, stream, timeout, deliver))
+        loop.call_soon_threadsafe(serve_call, models, request, stream, timeout, deliver)
     return start
 
 

@@ -466,7 +466,7 @@ class ProcessWorker:
         self.sent_segments: tuple | None = None
         self.streams: dict[int, ResponseStream] = {}     # key -> a decoupled request's sink, until final
         self.stream_keys = count()
-        self.calls: set[asyncio.Task] = set()          # the model's BLS calls being served
+        self.calls: set[asyncio.Future] = set()        # the model's BLS calls being served
 
     # --- start and restart ------------------------------------------------------------------------
 
@@ -712,9 +712,10 @@ class ProcessWorker:
         if self.models is None:
             deliver(InferResponse(error=Unavailable("calls to other models are not possible here")), True)
             return
-        task = self.loop.create_task(serve_call(self.models, request, call.stream, call.timeout, deliver))
-        self.calls.add(task)
-        task.add_done_callback(self.calls.discard)
+        running = serve_call(self.models, request, call.stream, call.timeout, deliver)
+        if running is not None:
+            self.calls.add(running)
+            running.add_done_callback(self.calls.discard)
 
     def _answer(self, message: BatchDone) -> None:
         self._cancel_timer()

@@ -82,8 +82,12 @@ class Registry:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run a request on the model version it names; raises NaiadError on failure. Ensemble steps
-        (and Python models calling models) come this way, through each model's own scheduler."""
+        come this way, through each model's own scheduler."""
         return await self.get(request.model_name, request.model_version).infer(request)
+
+    def submit(self, request: InferRequest) -> asyncio.Future:
+        """infer without a coroutine (ServedModel.submit), for Python models calling models."""
+        return self.get(request.model_name, request.model_version).submit(request)
 
     def stream(self, request: InferRequest) -> AsyncIterator[tuple[InferResponse | None, bool]]:
         """The responses of the model version the request names, as it sends them (ServedModel.stream)."""
