@@ -1,13 +1,13 @@
 """Model instances in processes of their own (the default for Python models): a CPU-bound model with
 count 2 uses two cores, and a model that crashes the interpreter takes down only its process.
 
-Parent and child talk over pipes with small pickled messages of the types below; a batch's tensors
-travel through two shared memory files per instance, both owned by the parent: inputs (parent writes,
-the model reads them in place) and outputs (the child writes, the parent copies them out). Besides
-one batch at a time, the pipes carry a decoupled model's responses as it sends them (tensors inside
-the message) and the model's BLS calls to other models, several in flight, matched by id. A process
-that dies fails only the batch and the streams it held; it is started again, and the model's
-readiness says so until it is back.
+Parent and child talk over pipes with small messages of the types below (daemon/messages.py); a
+batch's tensors travel through two shared memory files per instance, both owned by the parent: inputs
+(parent writes, the model reads them in place) and outputs (the child writes, the parent copies them
+out). Besides one batch at a time, the pipes carry a decoupled model's responses as it sends them
+(tensors inside the message) and the model's BLS calls to other models, several in flight, matched by
+id. A process that dies fails only the batch and the streams it held; it is started again, and the
+model's readiness says so until it is back.
 
 Three pipes, so that each message wakes the thread that waits for it and no other: the main pipe to
 the child's main thread, which runs the batches (batches, and the answers to BLS calls the main thread
@@ -29,7 +29,6 @@ import contextlib
 import logging
 import mmap
 import os
-import pickle
 import signal
 import struct
 import subprocess
@@ -47,6 +46,7 @@ from naiad.backends.bls import Models, serve_call
 from naiad.batching.instances import Done, Limits, Pending, Timings, now_timings
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError, Internal, NaiadError, Unavailable
+from naiad.daemon.messages import Codec
 from naiad.daemon.inference import (InferResponse, ResponseStream, pack_response, pack_tensors, place_outputs,
                                     unpack_request, unpack_tensors)
 
@@ -63,28 +63,24 @@ _names = count()
 
 # --- the messages: server to worker process --------------------------------------------------------
 
-@dataclass(slots=True)
-class Setup:
+class Setup(NamedTuple):
     files: ModelFiles
     spec: InstanceSpec
 
 
-@dataclass(slots=True)
-class Batch:
+class Batch(NamedTuple):
     # per request: (model, version, id, parameters, requested outputs, batch size, stream key or None,
     # input descriptions); a stream key names the request's stream for a decoupled model's responses
     requests: list[tuple]
     segments: tuple | None = None   # (inputs path, size, outputs path, size) when they changed
 
 
-@dataclass(slots=True)
-class Segments:
+class Segments(NamedTuple):
     """The segments changed after a batch: map these, let the old ones go."""
     segments: tuple
 
 
-@dataclass(slots=True)
-class StreamCancelled:
+class StreamCancelled(NamedTuple):
     """The client of a decoupled model's request went away."""
     key: int
 
@@ -100,25 +96,21 @@ class CallAnswer(NamedTuple):
 
 # --- the messages: worker process to server --------------------------------------------------------
 
-@dataclass(slots=True)
-class SettingUp:
+class SettingUp(NamedTuple):
     """The process has started and begins the model's set-up (only that is timed)."""
 
 
-@dataclass(slots=True)
-class SetUp:
+class SetUp(NamedTuple):
     problems: list[str] | None = None   # None: the model is ready
 
 
-@dataclass(slots=True)
-class BatchDone:
+class BatchDone(NamedTuple):
     responses: list[dict]
     timings: tuple
     inline: bytes | None = None     # the outputs, when they did not fit the output segment
 
 
-@dataclass(slots=True)
-class Streamed:
+class Streamed(NamedTuple):
     """A decoupled model's response on stream `key` (tensors inside)."""
     key: int
     response: InferResponse | None
@@ -136,10 +128,14 @@ class Call(NamedTuple):
     on_main: bool
 
 
+CODEC = Codec(Setup, Batch, Segments, StreamCancelled, CallAnswer, SettingUp, SetUp, BatchDone, Streamed,
+              Call)
+
+
 # --- pipes and shared memory, used on both sides ---------------------------------------------------
 
-def send(fd: int, message) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+def send(fd: int, message: tuple) -> None:
+    data = CODEC.dumps(message)
     payload = _LENGTH.pack(len(data)) + data
     view = memoryview(payload)
     while view:
@@ -147,7 +143,7 @@ def send(fd: int, message) -> None:
 
 
 class Receiver:
-    """Length-prefixed pickled messages from a pipe: `read` takes what the pipe holds, `messages`
+    """Length-prefixed messages from a pipe: `read` takes what the pipe holds, `messages`
     takes out the complete ones."""
 
     def __init__(self, fd: int):
@@ -166,7 +162,7 @@ class Receiver:
             end = _LENGTH.size + length
             if len(self.buffer) < end:
                 return
-            message = pickle.loads(memoryview(self.buffer)[_LENGTH.size:end])
+            message = CODEC.loads(memoryview(self.buffer)[_LENGTH.size:end])
             del self.buffer[:end]
             yield message
 
@@ -643,11 +639,11 @@ class ProcessWorker:
             requests.append((r.model_name, r.model_version, r.id, r.parameters, r.output_names,
                              r.batch_size, self._open_stream(r.sink), described[at:at + n]))
             at += n
-        message = Batch(requests)
         segments = self._segments()
-        if segments != self.sent_segments:
-            message.segments = self.sent_segments = segments
-        return message
+        if segments == self.sent_segments:
+            return Batch(requests)
+        self.sent_segments = segments
+        return Batch(requests, segments)
 
     def _open_stream(self, sink: ResponseStream | None) -> int | None:
         """A key for a decoupled request's responses; the process is told if its client goes away."""

@@ -1,5 +1,5 @@
 """The channel between a frontend process and the process that owns the models: a Unix socket that
-carries length-prefixed pickled messages both ways. A frontend sends `Call`s (a DataPlane method and
+carries length-prefixed messages (daemon/messages.py) both ways. A frontend sends `Call`s (a DataPlane method and
 its arguments) and gets `Reply`s, matched by id, many in flight at once; the model process runs each
 call on its DataPlane. A `stream` call gets its responses as `Partial`s, then its Reply. Small tensors
 travel inside the messages, large ones through the tensor arenas (arena.py)."""
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-import pickle
 import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,6 +21,7 @@ from naiad.daemon.dataplane import METHODS, DataPlane
 from naiad.daemon.errors import Internal, NaiadError, Unavailable
 from naiad.daemon.inference import (InferRequest, InferResponse, pack_request, pack_response, unpack_request,
                                     unpack_response)
+from naiad.daemon.messages import Codec
 from naiad.daemon.served_model import checked
 
 log = logging.getLogger(__name__)
@@ -56,28 +56,34 @@ class ArenaOutput:
     nbytes: int
 
 
-@dataclass(slots=True)
-class Release:
+class Release(NamedTuple):
     """From a frontend: it has copied these blocks of the model process's arena out."""
     blocks: list[tuple[int, int]]
 
 
-@dataclass(slots=True)
-class Cancel:
+class Cancel(NamedTuple):
     """From a frontend: the client of call `id` went away; the model process drops the request."""
     id: int
 
 
-@dataclass(slots=True)
-class Started:
+class Started(NamedTuple):
     """A frontend process's first message: it listens (with its tensor arena's file and size, if it
     has one), or why it cannot."""
     error: str | None = None
     arena: tuple[str, int] | None = None
 
 
+class LogSettingsChanged(NamedTuple):
+    """To a frontend: the server's log settings changed."""
+    settings: logs.LogSettings
+
+
+CODEC = Codec(Call, Reply, Partial, Release, Cancel, Started, LogSettingsChanged)
+
+
 class MessageProtocol(asyncio.Protocol):
-    """Frames: a 4-byte length, then a pickled message. `on_message` gets each one as it completes."""
+    """Frames: a 4-byte length, then a message (daemon/messages.py). `on_message` gets each one as it
+    completes."""
 
     def __init__(self, on_message, on_lost):
         self.on_message = on_message
@@ -100,7 +106,7 @@ class MessageProtocol(asyncio.Protocol):
             end = start + _LENGTH.size + length
             if len(buffer) < end:
                 break
-            message = pickle.loads(memoryview(buffer)[start + _LENGTH.size:end])
+            message = CODEC.loads(memoryview(buffer)[start + _LENGTH.size:end])
             start = end
             self.on_message(message)
         del buffer[:start]
@@ -109,7 +115,7 @@ class MessageProtocol(asyncio.Protocol):
     def send(self, message) -> None:
         if self.closed:
             return
-        data = pickle.dumps(message, protocol=5)
+        data = CODEC.dumps(message)
         if not self.flush_due:
             self.flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -193,11 +199,11 @@ class RemoteDataPlane:
         if not taken and call_id in self.pending and not self.protocol.closed:
             self.protocol.send(Cancel(call_id))
 
-    def _reply(self, reply: Reply | Partial) -> None:
+    def _reply(self, reply: Reply | Partial | LogSettingsChanged) -> None:
         """A call's answer; done here, whether or not anyone still awaits it (a client that went away),
         so that the arenas' space always comes back."""
-        if isinstance(reply, logs.LogSettings):  # the server's log settings changed
-            logs.apply(reply)
+        if isinstance(reply, LogSettingsChanged):
+            logs.apply(reply.settings)
             return
         if isinstance(reply, Partial):
             version, packed, final = reply.value

@@ -28,7 +28,7 @@ import sys
 from naiad.batching.processes import Segment, wait_for_exit
 from naiad.daemon import event_loop, grpc_frontend, http_frontend, logs
 from naiad.daemon.arena import Arena
-from naiad.daemon.channel import PlaneServer, RemoteDataPlane, Started
+from naiad.daemon.channel import LogSettingsChanged, PlaneServer, RemoteDataPlane, Started
 from naiad.daemon.dataplane import DataPlane
 from naiad.daemon.settings import Settings
 
@@ -109,7 +109,7 @@ class FrontendPool:
 
     def _send_log_settings(self, settings: logs.LogSettings) -> None:
         for channel in self.channels.values():
-            channel.protocol.send(settings)
+            channel.protocol.send(LogSettingsChanged(settings))
 
     def _lost(self, index: int, process: subprocess.Popen, arena: tuple[str, int] | None,
               replies: Arena | None) -> None:
