@@ -46,9 +46,9 @@ from naiad.backends.bls import Models, serve_call
 from naiad.batching.instances import Done, Limits, Pending, Timings, now_timings
 from naiad.daemon import datatypes
 from naiad.daemon.errors import ConfigError, Internal, NaiadError, Unavailable
-from naiad.daemon.messages import Codec
 from naiad.daemon.inference import (InferResponse, ResponseStream, pack_response, pack_tensors, place_outputs,
                                     unpack_request, unpack_tensors)
+from naiad.daemon.messages import Codec
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ def send(fd: int, message: tuple) -> None:
 
 
 class Receiver:
-    """Length-prefixed messages from a pipe: `read` takes what the pipe holds, `messages`
-    takes out the complete ones."""
+    """Length-prefixed messages from a pipe: `read` takes what the pipe holds, `messages` takes out
+    the complete ones."""
 
     def __init__(self, fd: int):
         self.fd = fd

@@ -8,8 +8,8 @@ One repository of config.pbtxt files that both servers load unchanged: three Pyt
 
 perf_analyzer, gRPC, --async, batch 1: every model alone at concurrency 1 (avg, p50, p99, and from the
 server's statistics around the run its own time per request and how much of it was spent inside the
-models it calls), then `pipeline` and `step1` at concurrency 16; the servers take turns on each
-target, in rounds, and each figure is its median over the rounds. From them, per server:
+models it calls), then `pipeline`, `step1`, `bls` and `nocall` at concurrency 16; the servers take
+turns on each target, in rounds, and each figure is its median over the rounds. From them, per server:
 
 - the ensemble's added latency per step, (pipeline - (step1 + step2 + step3)) / 3 with the client's
   averages: the steps called one by one pay three trips over the wire where the ensemble pays one, so
@@ -91,6 +91,7 @@ CPU_INSTANCE = "instance_group [ { kind: KIND_CPU } ]\n"
 THREAD = 'parameters { key: "execution" value { string_value: "thread" } }\n'
 SHARED_MODELS = (*STEPS, "pipeline", "bls", "nocall")
 CALLEES = {"pipeline": STEPS, "bls": ("step1",)}
+WIDE = ("pipeline", "step1", "bls", "nocall")   # also measured at concurrency 16
 
 
 def python_model(repository: Path, name: str, source: str, extra: str) -> None:
@@ -192,7 +193,7 @@ def main() -> int:
     if args.before:
         setups.insert(0, ("naiad before (process)", "before", ""))
     # (model, concurrency), each measured on every setup in turn
-    targets = [(model, 1) for model in SHARED_MODELS] + [("pipeline", 16), ("step1", 16)]
+    targets = [(model, 1) for model in SHARED_MODELS] + [(model, 16) for model in WIDE]
     work = Path(tempfile.mkdtemp(prefix="naiad-pipelines-"))
     repository = work / "repository"
     write_repository(repository)
@@ -229,7 +230,8 @@ def main() -> int:
                   f"{r.server:,.0f} | {inside} |")
     print("\n| server | ensemble: (pipeline - sum of steps) / 3, client µs | ensemble's own time per "
           "step, server µs | BLS: bls - (step1 + nocall), client µs | BLS call beyond the callee, server µs "
-          "| one BLS call end to end: bls - nocall, client µs | c=16 infer/s: `pipeline` / `step1` |")
+          "| one BLS call end to end: bls - nocall, client µs | c=16 infer/s: " + " / ".join(
+              f"`{model}`" for model in WIDE) + " |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, _, _ in setups:
         r = {model: results[(label, model, 1)] for model in SHARED_MODELS}
@@ -238,9 +240,9 @@ def main() -> int:
                  r["bls"].avg - r["step1"].avg - r["nocall"].avg,
                  r["bls"].server - r["bls"].inside - r["nocall"].server,
                  r["bls"].avg - r["nocall"].avg]
-        wide = [results[(label, model, 16)].throughput for model in ("pipeline", "step1")]
+        wide = [f"{results[(label, model, 16)].throughput:,.0f}" for model in WIDE]
         print(f"| {label} | " + " | ".join(f"{cell:,.0f}" for cell in cells)
-              + f" | {wide[0]:,.0f} / {wide[1]:,.0f} |")
+              + " | " + " / ".join(wide) + " |")
     return 0
 
 

@@ -1,8 +1,8 @@
 """The channel between a frontend process and the process that owns the models: a Unix socket that
-carries length-prefixed messages (daemon/messages.py) both ways. A frontend sends `Call`s (a DataPlane method and
-its arguments) and gets `Reply`s, matched by id, many in flight at once; the model process runs each
-call on its DataPlane. A `stream` call gets its responses as `Partial`s, then its Reply. Small tensors
-travel inside the messages, large ones through the tensor arenas (arena.py)."""
+carries length-prefixed messages (daemon/messages.py) both ways. A frontend sends `Call`s (a DataPlane
+method and its arguments) and gets `Reply`s, matched by id, many in flight at once; the model process
+runs each call on its DataPlane. A `stream` call gets its responses as `Partial`s, then its Reply. Small
+tensors travel inside the messages, large ones through the tensor arenas (arena.py)."""
 from __future__ import annotations
 
 import asyncio

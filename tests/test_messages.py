@@ -1,0 +1,33 @@
+"""The messages between naiad's processes, in process: each kind a pipe carries arrives as itself, with
+its fields, and a message of a kind the pipe does not carry is refused where it is written."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+
+from naiad.batching import processes
+from naiad.daemon import channel
+from naiad.daemon.errors import Unavailable
+
+
+@pytest.mark.parametrize("codec", [channel.CODEC, processes.CODEC], ids=["channel", "worker pipes"])
+def test_every_kind_arrives_as_itself(codec):
+    for kind in codec.kinds:
+        # fields of every sort a message holds: numbers, text, nested tuples and lists, an error
+        sample = (7, "text", (1, [2.5, b"bytes"]), None, Unavailable("gone"), {"key": 1})
+        message = kind(*(sample[i % len(sample)] for i in range(len(kind._fields))))
+        arrived = codec.loads(memoryview(codec.dumps(message)))
+        assert type(arrived) is kind
+        for name in kind._fields:
+            expected, got = getattr(message, name), getattr(arrived, name)
+            assert type(got) is type(expected)
+            assert str(got) == str(expected)
+
+
+def test_a_kind_the_pipe_does_not_carry_is_refused():
+    class Stranger(NamedTuple):
+        value: int
+
+    with pytest.raises(KeyError):
+        channel.CODEC.dumps(Stranger(1))
