@@ -1,10 +1,13 @@
 """The data plane on many cores: naiad's `simple` with --frontends 1, 2, 4 and 8 against Triton (`simple`
 with and without dynamic batching) and a bare grpc.aio servicer, perf_analyzer over gRPC with
 --async and batch 1, at concurrency 16, 64 and 128, and at concurrency 1 for the latency (naiad with each
-frontend count, Triton's `simple`, the bare servicer). Prints Markdown tables.
+frontend count, Triton's `simple`, the bare servicer). Every server runs for the whole script; at
+concurrency 1 they take turns, --rounds times, and each gets the median of its rounds, since a few
+percent of latency is less than this measure varies from one minute to the next on a busy host. Prints
+Markdown tables.
 
     python bench/frontends.py [--perf-analyzer PATH] [--triton CMD] [--frontends 1 2 4 8] [--seconds 2]
-                              [--channel-share N]
+                              [--rounds 5] [--channel-share N]
 
 perf_analyzer's gRPC client shares one connection among several of its workers, so 16 or more
 concurrent requests arrive on only a few connections, and each connection is served by one frontend
@@ -18,9 +21,11 @@ Triton rows are left out. Needs naiad importable and perf_analyzer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +50,12 @@ def write_repository(folder: Path) -> Path:
     return repository
 
 
+def label(server: str, model: str) -> str:
+    """'naiad, --frontends 8' and 'simple' -> 'naiad `simple`, --frontends 8'."""
+    name, _, detail = server.partition(", ")
+    return f"{name} `{model}`" + (f", {detail}" if detail else "")
+
+
 def row(label: str, figures: list[harness.Measurement]) -> str:
     return f"| {label} | " + " | ".join(f"{m.throughput:,.0f}" for m in figures) + " |"
 
@@ -53,54 +64,58 @@ def measure(analyzer: str, server: harness.Server, model: str, seconds: float) -
     return [harness.perf(analyzer, server.grpc_port, model, c, seconds, "--async") for c in CONCURRENCY]
 
 
+def latencies(analyzer: str, servers: dict[str, harness.Server], rounds: int, seconds: float
+              ) -> dict[str, list[harness.Measurement]]:
+    """`simple` at concurrency 1 on every server, the servers taking turns, `rounds` times over: the
+    host's drift over the run then touches every server alike."""
+    found = {label: [] for label in servers}
+    for _ in range(rounds):
+        for label, server in servers.items():
+            found[label].append(harness.perf(analyzer, server.grpc_port, "simple", 1, seconds))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--perf-analyzer", default="perf_analyzer")
     parser.add_argument("--triton", default="", help="command that starts Triton (see above)")
     parser.add_argument("--frontends", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=5, help="turns of the servers at concurrency 1")
     parser.add_argument("--channel-share", type=int, default=0,
                         help="perf_analyzer workers per gRPC connection (0: its default)")
     args = parser.parse_args()
     if args.channel_share:
         os.environ["TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"] = str(args.channel_share)
-    header = " | ".join(f"c={c} infer/s" for c in CONCURRENCY)
-    print(f"| server, model | {header} |\n| --- |" + " --- |" * len(CONCURRENCY))
-    latency = []
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as running:
         repository = write_repository(Path(folder))
+        servers: dict[str, harness.Server] = {}
         for count in args.frontends:
-            server = harness.start_naiad(repository, "--frontends", str(count))
-            try:
-                latency.append((f"naiad, --frontends {count}",
-                                harness.perf(args.perf_analyzer, server.grpc_port, "simple", 1, args.seconds)))
-                print(row(f"naiad `simple`, --frontends {count}",
-                          measure(args.perf_analyzer, server, "simple", args.seconds)), flush=True)
-                if count == max(args.frontends):
-                    print(row(f"naiad `simple_dyna` (dynamic batching 100 µs), --frontends {count}",
-                              measure(args.perf_analyzer, server, "simple_dyna", args.seconds)), flush=True)
-            finally:
-                server.stop()
+            servers[f"naiad, --frontends {count}"] = harness.start_naiad(repository, "--frontends", str(count))
+            running.callback(servers[f"naiad, --frontends {count}"].stop)
         if args.triton:
-            server = harness.start_command(shlex.split(args.triton))
-            try:
-                latency.append(("Triton", harness.perf(args.perf_analyzer, server.grpc_port, "simple", 1,
-                                                       args.seconds)))
-                for model in ("simple", "simple_dyna"):
-                    print(row(f"Triton `{model}`", measure(args.perf_analyzer, server, model, args.seconds)),
-                          flush=True)
-            finally:
-                server.stop()
-        ceiling = harness.start_grpc_only([sys.executable, str(ROOT / "bench" / "grpc_ceiling.py")])
-        try:
-            latency.append(("bare grpc.aio servicer",
-                            harness.perf(args.perf_analyzer, ceiling.grpc_port, "simple", 1, args.seconds)))
-            print(row("bare grpc.aio servicer", measure(args.perf_analyzer, ceiling, "simple", args.seconds)))
-        finally:
-            ceiling.stop()
-    print("\n| `simple` at concurrency 1 | infer/s | avg latency µs |\n| --- | --- | --- |")
-    for label, found in latency:
-        print(f"| {label} | {found.throughput:,.0f} | {found.latency_ms * 1000:,.0f} |")
+            servers["Triton"] = harness.start_command(shlex.split(args.triton))
+            running.callback(servers["Triton"].stop)
+        servers["bare grpc.aio servicer"] = harness.start_grpc_only(
+            [sys.executable, str(ROOT / "bench" / "grpc_ceiling.py")])
+        running.callback(servers["bare grpc.aio servicer"].stop)
+
+        header = " | ".join(f"c={c} infer/s" for c in CONCURRENCY)
+        print(f"| server, model | {header} |\n| --- |" + " --- |" * len(CONCURRENCY))
+        for name, server in servers.items():
+            models = ["simple"]
+            if name in (f"naiad, --frontends {max(args.frontends)}", "Triton"):
+                models.append("simple_dyna")  # dynamic batching of 100 µs, batches up to 64
+            for model in models:
+                print(row(label(name, model), measure(args.perf_analyzer, server, model, args.seconds)),
+                      flush=True)
+
+        found = latencies(args.perf_analyzer, servers, args.rounds, args.seconds)
+    print(f"\n| `simple` at concurrency 1, {args.rounds} rounds | avg latency µs, median | lowest – highest |"
+          "\n| --- | --- | --- |")
+    for name, measurements in found.items():
+        averages = sorted(m.latency_ms * 1000 for m in measurements)
+        print(f"| {name} | {statistics.median(averages):,.0f} | {averages[0]:,.0f} – {averages[-1]:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes that share the gRPC and HTTP ports and do the wire work; 1 serves "
                             "them from the server's own process (default: one for every two cores, "
                             "at most 8; 1 on two cores or fewer: %(default)s here)")
+    serve.add_argument("--busy-poll-us", type=_whole_number(0), default=d.busy_poll_us, metavar="US",
+                       help="with --frontends N > 1: how long each process polls for its next message "
+                            "before it sleeps, in microseconds; 0: never (default: 1000 where each process "
+                            "has a core of its own with one to spare, else 0)")
     serve.add_argument("--strict-readiness", type=_flag_bool, default=d.strict_readiness, metavar="BOOL",
                        help="true: ready only while every model that should be loaded serves; false: "
                             "ready once the models of the start have been tried (default: %(default)s)")
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                                 warning=args.log_warning, error=args.log_error))
     settings = Settings(**{k: v for k, v in vars(args).items() if k != "command"})
     try:
-        spin = event_loop.spin_seconds(settings.frontends)
+        spin = event_loop.spin_seconds(settings.frontends, settings.busy_poll_us)
         # no polling while instances run on threads of the server's process (the GIL)
         event_loop.run(serve(settings), lambda: 0.0 if Worker.alive else spin)
     except OSError as e:

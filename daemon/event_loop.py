@@ -5,32 +5,52 @@ and, where cores allow, polls for a moment before it sleeps.
   max_queue_delay) after a millisecond. Waits shorter than that sleep in select() instead, whose
   timeout has microseconds.
 - With frontend processes, requests cross between processes as messages on sockets, and waking a
-  process that sleeps in the kernel costs more than the message. The next message usually comes
-  within microseconds, so each process keeps polling for SPIN_SECONDS before it sleeps: what arrives
-  meanwhile costs neither side a wake-up. Polling takes a core, so it is only done where every such
-  process can have one (`spin_seconds`). It also holds the GIL, so the model process does not poll
-  while it has instances running on threads of their own: they would wait for the GIL meanwhile.
+  process that sleeps in the kernel costs more than the message, and runs it on cold caches after.
+  So each process keeps polling for a while before it sleeps: what arrives meanwhile costs neither
+  side a wake-up. SPIN_SECONDS is a millisecond because a client that waits for each answer sends its
+  next request about a network round trip later: polling that long spares the frontend and the model
+  process both of a lone client's wake-ups, which were most of what the hop added to its latency.
+  Polling takes a core, so by default it is only done where every such process can have one
+  (`spin_seconds`). It also holds the GIL, so the model process does not poll while it has instances
+  running on threads of their own: they would wait for the GIL meanwhile.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import select
 import selectors
 import os
 import time
 from collections.abc import Callable, Coroutine
 
-SPIN_SECONDS = 100e-6
+SPIN_SECONDS = 1e-3
 _EPOLL_GRANULARITY = 1e-3
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 
-def spin_seconds(frontends: int) -> float:
+def usable_cores(cpu_max: str = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: those it may run on, within its cgroup's CPU limit (a
+    container's, which the cores it may run on do not show)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open(cpu_max) as limit:
+            quota, period = limit.read().split()
+        return max(1, min(cores, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 limit file, or "max": no limit
+        return cores
+
+
+def spin_seconds(frontends: int, busy_poll_us: int | None = None) -> float:
     """How long the processes of a server with `frontends` frontend processes poll before they
-    sleep: SPIN_SECONDS where each of them (and the model process) has a core, with one to spare for
-    everything else; else 0. One process alone (`--frontends 1`) never polls."""
+    sleep: `busy_poll_us` when given (--busy-poll-us); else SPIN_SECONDS where each of them (and the
+    model process) has a core, with one to spare for everything else, and 0 where not. One process
+    alone (`--frontends 1`) never polls: it has no other process to wait for."""
     if frontends <= 1:
         return 0.0
-    return SPIN_SECONDS if len(os.sched_getaffinity(0)) > frontends + 1 else 0.0
+    if busy_poll_us is not None:
+        return busy_poll_us * 1e-6
+    return SPIN_SECONDS if usable_cores() > frontends + 1 else 0.0
 
 
 class PreciseSelector(selectors.DefaultSelector):

@@ -48,7 +48,7 @@ def fewer_collections() -> None:
 def default_count() -> int:
     """One frontend process on a machine of two cores or fewer (one process is then the fastest);
     else one for every two cores, at most 8."""
-    cores = os.cpu_count() or 1
+    cores = event_loop.usable_cores()
     return 1 if cores <= 2 else min(8, cores // 2)
 
 
@@ -193,7 +193,7 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group: the server decides when its frontends stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.setup(logs.inherited(), process="frontend")   # the server's settings, from the environment
-    spin = event_loop.spin_seconds(settings.frontends)
+    spin = event_loop.spin_seconds(settings.frontends, settings.busy_poll_us)
     event_loop.run(_serve(fd, settings, replies), lambda: spin)
     return 0
 

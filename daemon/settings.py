@@ -29,6 +29,7 @@ class Settings:
     exit_timeout_secs: float = 30.0           # how long in-flight requests may take at shutdown
     allow_client_shm: bool = False            # clients may register system and CUDA shared memory
     frontends: int = 1                        # processes that serve gRPC and HTTP (1: this process)
+    busy_poll_us: int | None = None           # with frontends: polling before sleep (None: by cores)
     # ready only when every model that should serve does (Triton's --strict-readiness); false: once
     # the start's loads are done
     strict_readiness: bool = True

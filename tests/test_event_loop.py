@@ -49,8 +49,27 @@ def test_a_message_is_read_whether_the_loop_polls_or_sleeps():
 
 
 def test_only_servers_with_a_core_for_each_process_poll():
-    cores = len(os.sched_getaffinity(0))
+    cores = event_loop.usable_cores()
     assert event_loop.spin_seconds(1) == 0  # one process: nothing to wait for from another
     assert event_loop.spin_seconds(cores) == 0  # more processes than cores
     if cores >= 4:
         assert event_loop.spin_seconds(cores - 2) == event_loop.SPIN_SECONDS
+
+
+def test_a_containers_cpu_limit_counts_as_its_cores(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert event_loop.usable_cores(str(cpu_max)) == cores
+    cpu_max.write_text("150000 100000\n")  # one and a half CPUs: two cores, in part
+    assert event_loop.usable_cores(str(cpu_max)) == min(2, cores)
+    cpu_max.write_text("1000 100000\n")
+    assert event_loop.usable_cores(str(cpu_max)) == 1
+    assert event_loop.usable_cores(str(tmp_path / "absent")) == cores
+
+
+def test_busy_poll_us_overrides_the_core_count():
+    cores = event_loop.usable_cores()
+    assert event_loop.spin_seconds(cores, busy_poll_us=250) == 250e-6
+    assert event_loop.spin_seconds(2, busy_poll_us=0) == 0
+    assert event_loop.spin_seconds(1, busy_poll_us=250) == 0  # one process still never polls

@@ -116,12 +116,13 @@ def test_a_killed_frontend_fails_only_its_requests_and_comes_back(tmp_path, star
 
 def test_large_tensors_cross_the_frontends_intact(repository, start_server):
     """Tensors of 64 KiB and more go from a frontend process to the models through its shared-memory
-    arena; many at once, of several sizes, each comes back as it was sent."""
+    arena; many at once, of several sizes, each comes back as it was sent. The processes poll for
+    their messages here (--busy-poll-us), which a machine of few cores does not do by default."""
     import tritonclient.grpc as grpcclient
     from concurrent.futures import ThreadPoolExecutor
 
     models.write_model(repository, "identity", models.batched("FP32"), models.IDENTITY)
-    server = start_server(repository, "--frontends", "2")
+    server = start_server(repository, "--frontends", "2", "--busy-poll-us", "200")
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((1, n)).astype(np.float32) for n in (10, 20_000, 300_000, 1_000_000)] * 4
 
