@@ -56,8 +56,8 @@ def label(server: str, model: str) -> str:
     return f"{name} `{model}`" + (f", {detail}" if detail else "")
 
 
-def row(label: str, figures: list[harness.Measurement]) -> str:
-    return f"| {label} | " + " | ".join(f"{m.throughput:,.0f}" for m in figures) + " |"
+def row(title: str, figures: list[harness.Measurement]) -> str:
+    return f"| {title} | " + " | ".join(f"{m.throughput:,.0f}" for m in figures) + " |"
 
 
 def measure(analyzer: str, server: harness.Server, model: str, seconds: float) -> list[harness.Measurement]:
@@ -68,10 +68,10 @@ def latencies(analyzer: str, servers: dict[str, harness.Server], rounds: int, se
               ) -> dict[str, list[harness.Measurement]]:
     """`simple` at concurrency 1 on every server, the servers taking turns, `rounds` times over: the
     host's drift over the run then touches every server alike."""
-    found = {label: [] for label in servers}
+    found = {name: [] for name in servers}
     for _ in range(rounds):
-        for label, server in servers.items():
-            found[label].append(harness.perf(analyzer, server.grpc_port, "simple", 1, seconds))
+        for name, server in servers.items():
+            found[name].append(harness.perf(analyzer, server.grpc_port, "simple", 1, seconds))
     return found
 
 
@@ -90,15 +90,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as running:
         repository = write_repository(Path(folder))
         servers: dict[str, harness.Server] = {}
+
+        def keep(name: str, server: harness.Server) -> None:
+            servers[name] = server
+            running.callback(server.stop)
+
         for count in args.frontends:
-            servers[f"naiad, --frontends {count}"] = harness.start_naiad(repository, "--frontends", str(count))
-            running.callback(servers[f"naiad, --frontends {count}"].stop)
+            keep(f"naiad, --frontends {count}", harness.start_naiad(repository, "--frontends", str(count)))
         if args.triton:
-            servers["Triton"] = harness.start_command(shlex.split(args.triton))
-            running.callback(servers["Triton"].stop)
-        servers["bare grpc.aio servicer"] = harness.start_grpc_only(
-            [sys.executable, str(ROOT / "bench" / "grpc_ceiling.py")])
-        running.callback(servers["bare grpc.aio servicer"].stop)
+            keep("Triton", harness.start_command(shlex.split(args.triton)))
+        keep("bare grpc.aio servicer",
+             harness.start_grpc_only([sys.executable, str(ROOT / "bench" / "grpc_ceiling.py")]))
 
         header = " | ".join(f"c={c} infer/s" for c in CONCURRENCY)
         print(f"| server, model | {header} |\n| --- |" + " --- |" * len(CONCURRENCY))
