@@ -29,6 +29,7 @@ import contextlib
 import logging
 import mmap
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -149,6 +150,8 @@ class Receiver:
     def __init__(self, fd: int):
         self.fd = fd
         self.buffer = bytearray()
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
 
     def read(self) -> bool:
         """One read of what the pipe holds; False at its end (the other side is gone)."""
@@ -173,6 +176,16 @@ class Receiver:
                 return message
             if not self.read():
                 return None
+
+    def poll(self, seconds: float) -> bool:
+        """Whether the pipe has something to read within `seconds`, polled for without sleeping;
+        between polls, the core goes to any other thread that wants it."""
+        deadline = time.monotonic() + seconds
+        while not self.buffer and not self.poller.poll(0):
+            if time.monotonic() >= deadline:
+                return False
+            os.sched_yield()
+        return True
 
 
 class Segment:

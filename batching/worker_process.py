@@ -3,16 +3,18 @@
 runs the batches the server sends until the main pipe closes.
 
 The main thread reads the main pipe: batches, which it runs, and the answer to a BLS call it makes
-and waits for (the usual `exec()` inside `execute`), which it reads itself. A reader thread takes what
-comes on the side pipe at once, even while a batch runs: answers to calls made otherwise (from other
-threads, `async_exec`, streams) and cancelled streams. Replies are written from any thread (a
-decoupled model sends from its own), one whole message at a time."""
+and waits for (the usual `exec()` inside `execute`), which it reads itself, after polling for it a
+moment (CALL_POLL_SECONDS). A reader thread takes what comes on the side pipe at once, even while a
+batch runs: answers to calls made otherwise (from other threads, `async_exec`, streams) and cancelled
+streams. Replies are written from any thread (a decoupled model sends from its own), one whole
+message at a time."""
 from __future__ import annotations
 
 import logging
 import signal
 import sys
 import threading
+import time
 from itertools import count
 
 from naiad.backends import python_api
@@ -28,6 +30,12 @@ from naiad.daemon.inference import (InferRequest, InferResponse, RequestedOutput
                                     unpack_response)
 
 log = logging.getLogger(__name__)
+
+# A blocking BLS call polls for its answer this long before the thread sleeps: a process woken from
+# sleep runs late and on cold caches, which cost a quick callee's caller more than the callee itself.
+# It polls only while the answers come that fast (the last one did): under load they do not, and the
+# cores have better things to do.
+CALL_POLL_SECONDS = 1e-3
 
 
 class Replies:
@@ -69,6 +77,7 @@ class PipeCalls:
         self.ids = count()
         self.waiting: dict[int, Deliver] = {}
         self.closed = False
+        self.poll = True   # the last call from the main thread was answered within CALL_POLL_SECONDS
 
     def start(self, request: InferRequest, stream: bool, timeout: float | None, deliver: Deliver) -> None:
         call_id = next(self.ids)
@@ -84,12 +93,16 @@ class PipeCalls:
         if self.closed:
             return _stopping()
         call_id = next(self.ids)
+        sent = time.monotonic()
         self._send(call_id, request, False, timeout, on_main=True)
+        if self.poll:
+            self.main_in.poll(CALL_POLL_SECONDS)
         while (message := self.main_in.receive()) is not None:
             if not isinstance(message, CallAnswer):
                 raise Internal(f"the server sent a {type(message).__name__} while the model waited "
                                f"for its call to model '{request.model_name}'")
             if message.id == call_id:
+                self.poll = time.monotonic() - sent <= CALL_POLL_SECONDS
                 return _response(message)
             self.answer(message)
         return _stopping()

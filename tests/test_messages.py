@@ -2,6 +2,8 @@
 its fields, and a message of a kind the pipe does not carry is refused where it is written."""
 from __future__ import annotations
 
+import os
+import threading
 from typing import NamedTuple
 
 import pytest
@@ -31,3 +33,25 @@ def test_a_kind_the_pipe_does_not_carry_is_refused():
 
     with pytest.raises(KeyError):
         channel.CODEC.dumps(Stranger(1))
+
+
+def test_a_receiver_polls_for_its_next_message():
+    """poll() says whether something can be read within the time: a message, or the pipe's end."""
+    read_end, write_end = os.pipe()
+    receiver = processes.Receiver(read_end)
+    try:
+        assert receiver.poll(0.002) is False
+        sender = threading.Timer(0.01, processes.send, (write_end, processes.SettingUp()))
+        sender.start()
+        assert receiver.poll(10) is True
+        sender.join()
+        assert type(receiver.receive()) is processes.SettingUp
+        assert receiver.poll(0.002) is False
+        os.close(write_end)
+        write_end = None
+        assert receiver.poll(10) is True
+        assert receiver.receive() is None
+    finally:
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
