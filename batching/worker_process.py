@@ -77,7 +77,7 @@ class PipeCalls:
         self.ids = count()
         self.waiting: dict[int, Deliver] = {}
         self.closed = False
-        self.poll = True   # the last call from the main thread was answered within CALL_POLL_SECONDS
+        self.answers_are_quick = True   # the main thread's last call was answered within CALL_POLL_SECONDS
 
     def start(self, request: InferRequest, stream: bool, timeout: float | None, deliver: Deliver) -> None:
         call_id = next(self.ids)
@@ -95,14 +95,14 @@ class PipeCalls:
         call_id = next(self.ids)
         sent = time.monotonic()
         self._send(call_id, request, False, timeout, on_main=True)
-        if self.poll:
+        if self.answers_are_quick:
             self.main_in.poll(CALL_POLL_SECONDS)
         while (message := self.main_in.receive()) is not None:
             if not isinstance(message, CallAnswer):
                 raise Internal(f"the server sent a {type(message).__name__} while the model waited "
                                f"for its call to model '{request.model_name}'")
             if message.id == call_id:
-                self.poll = time.monotonic() - sent <= CALL_POLL_SECONDS
+                self.answers_are_quick = time.monotonic() - sent <= CALL_POLL_SECONDS
                 return _response(message)
             self.answer(message)
         return _stopping()
