@@ -60,10 +60,7 @@ def start_naiad(repository: Path, *args: str, checkout: Path | None = None) -> S
     """naiad serving the repository (the code of another checkout of naiad's source, if given); its
     log goes to naiad.log beside the repository."""
     http_port, grpc_port = free_port(), free_port()
-    env = None
-    if checkout is not None:  # its folders first, then whatever this environment imports from
-        paths = [_importable(checkout, repository.parent), os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    env = None if checkout is None else checkout_environment(checkout, repository.parent)
     with open(repository.parent / "naiad.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "naiad.daemon", "serve", "--model-repository", str(repository),
@@ -74,6 +71,13 @@ def start_naiad(repository: Path, *args: str, checkout: Path | None = None) -> S
     except SystemExit:
         print((repository.parent / "naiad.log").read_text()[-3000:], file=sys.stderr)
         raise
+
+
+def checkout_environment(checkout: Path, work: Path) -> dict[str, str]:
+    """This environment, where `naiad.*` imports the checkout's folders first, then whatever this
+    environment imports from."""
+    paths = [_importable(checkout, work), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
 
 
 def _importable(checkout: Path, work: Path) -> str:

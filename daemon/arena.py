@@ -48,7 +48,7 @@ class Arena:
     def put(self, array) -> int | None:
         """Copy a large array into the arena: its offset; None when it is small, of BYTES, or does not
         fit (it then travels in the message)."""
-        if not isinstance(array, np.ndarray) or array.dtype == object or array.nbytes < SMALLEST:
+        if not isinstance(array, np.ndarray) or array.nbytes < SMALLEST or array.dtype == object:
             return None
         offset = self._take(array.nbytes)
         if offset is not None:

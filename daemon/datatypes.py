@@ -89,10 +89,9 @@ def check_shape(kind: str, name: str, shape: list) -> int:
                               f"are allowed")
     span = 1
     for size in shape:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        if type(size) is not int or size < 0:   # not a bool either
             raise InvalidArgument(f"{kind} '{name}': shape {list(shape)} must list sizes >= 0")
-        if span <= MAX_ELEMENTS:
-            span *= max(size, 1)
+        span *= size or 1
     if span > MAX_ELEMENTS:
         raise InvalidArgument(f"{kind} '{name}': shape {list(shape)} is too large; a tensor holds at "
                               f"most {MAX_ELEMENTS} elements (2^40)")
@@ -117,7 +116,7 @@ def from_raw(name: str, datatype: DataType, shape: list[int], buffer) -> np.ndar
     if len(buffer) != expected:
         raise InvalidArgument(
             f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes, got {len(buffer)}")
-    return np.frombuffer(buffer, dtype=datatype.numpy).reshape(shape)
+    return np.frombuffer(buffer, datatype.numpy).reshape(shape)
 
 
 def bytes_from_raw(name: str, buffer, count: int) -> np.ndarray:
@@ -157,11 +156,11 @@ def element_bytes(value) -> bytes:
 
 def to_raw(array: np.ndarray) -> bytes:
     """One tensor as raw bytes in the protocol's layout."""
-    if array.dtype == object or array.dtype.kind in "SU":
+    if array.dtype.kind in "OSU":
         parts = []
         for value in array.reshape(-1):
             data = element_bytes(value)
             parts.append(_LENGTH.pack(len(data)))
             parts.append(data)
         return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
+    return array.tobytes()   # in C order, whatever the layout

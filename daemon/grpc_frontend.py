@@ -105,14 +105,14 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
                                   f"of {', '.join(datatypes.BY_NAME)}")
         if name in inputs:
             raise InvalidArgument(f"input '{name}' appears twice in the request")
-        shape = list(tensor.shape)
+        shape = tensor.shape[:]   # a list
         datatypes.check_shape("input", name, shape)
         where = None
         if tensor.parameters:
             parameters = _parameters(tensor.parameters)
             check_tensor_parameters("input", name, parameters)
             where = region_slice("input", name, parameters)
-        if (where is not None or raw) and tensor.contents.ListFields():
+        if (where is not None or raw) and tensor.HasField("contents") and tensor.contents.ListFields():
             # Triton's rule: an input's data comes from one place only
             raise InvalidArgument(f"input '{name}': has data in contents while its data is in "
                                   f"{'shared memory' if where is not None else 'raw_input_contents'}; "
