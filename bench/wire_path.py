@@ -1,8 +1,9 @@
-"""The Python work a frontend process does for one ModelInfer of `simple` beyond gRPC's own: parsing and
-decoding the message, packing the call for the model process, reading its reply and encoding the
-answer. Timed in a loop, without processes or sockets; prints microseconds a request (the best of five
-repeats). With --before, the same for the code of another checkout, in a process of its own. Needs
-naiad importable.
+"""The Python work a frontend process does for one ModelInfer of `simple` beyond gRPC's own when it
+decodes the request itself: parsing and decoding the message, packing the call for the model process,
+reading its reply and encoding the answer. (While the model process has time to spare, it decodes and
+encodes small requests itself: docs/scheduling.md.) Timed in a loop, without processes or sockets;
+prints microseconds a request (the best of five repeats). With --before, the same for the code of
+another checkout, in a process of its own. Needs naiad importable.
 
 Under perf_analyzer's shared connections each frontend process serves one busy connection, and this
 work is part of what bounds it (docs/benchmarks.md).

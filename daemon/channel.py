@@ -2,23 +2,31 @@
 carries length-prefixed messages (daemon/messages.py) both ways. A frontend sends `Call`s (a DataPlane
 method and its arguments) and gets `Reply`s, matched by id, many in flight at once; the model process
 runs each call on its DataPlane. A `stream` call gets its responses as `Partial`s, then its Reply. Small
-tensors travel inside the messages, large ones through the tensor arenas (arena.py)."""
+tensors travel inside the messages, large ones through the tensor arenas (arena.py).
+
+One call is not a DataPlane method: `infer_grpc` carries a small gRPC ModelInferRequest as it came off
+the wire, and the model process decodes it, runs it and answers it serialized. Decoding and encoding
+cost a busy frontend several times what they cost the model process, so a frontend passes small
+requests on undecoded while the model process has time to spare; since that one process serves every
+frontend, it tells them to decode a growing share themselves as it gets busy (`ForwardBalance`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import random
 import struct
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from naiad.batching.processes import Segment
-from naiad.daemon import logs
-from naiad.daemon.arena import Arena
+from naiad.daemon import event_loop, grpc_frontend, logs
+from naiad.daemon.arena import SMALLEST, Arena
 from naiad.daemon.dataplane import METHODS, DataPlane
-from naiad.daemon.errors import Internal, NaiadError, Unavailable
+from naiad.daemon.errors import Internal, InvalidArgument, NaiadError, Unavailable
 from naiad.daemon.inference import (InferRequest, InferResponse, pack_request, pack_response, unpack_request,
                                     unpack_response)
 from naiad.daemon.messages import Codec
@@ -27,6 +35,8 @@ from naiad.daemon.served_model import checked
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("<I")
+# the calls that run a request: the model process drops one whose client went away
+INFER_METHODS = ("infer", "infer_grpc")
 
 
 class Call(NamedTuple):
@@ -49,7 +59,8 @@ class Partial(NamedTuple):
 
 @dataclass(slots=True)
 class ArenaOutput:
-    """An output the model process wrote into its arena for this frontend."""
+    """An output the model process wrote into its arena for this frontend (or a large serialized
+    response to `infer_grpc`, as bytes)."""
     dtype: np.dtype
     shape: tuple[int, ...]
     offset: int
@@ -78,7 +89,12 @@ class LogSettingsChanged(NamedTuple):
     settings: logs.LogSettings
 
 
-CODEC = Codec(Call, Reply, Partial, Release, Cancel, Started, LogSettingsChanged)
+class ForwardShare(NamedTuple):
+    """To a frontend: the share of small gRPC requests to pass on undecoded (0 to 1)."""
+    share: float
+
+
+CODEC = Codec(Call, Reply, Partial, Release, Cancel, Started, LogSettingsChanged, ForwardShare)
 
 
 class MessageProtocol(asyncio.Protocol):
@@ -154,10 +170,21 @@ class RemoteDataPlane:
         self.next_id = 0
         self.lost = asyncio.Event()
         self.protocol = MessageProtocol(self._reply, self._lost)
+        self.forward_share = 1.0
 
     async def infer(self, request: InferRequest):
         taken = self.arena.place(request) if self.arena is not None else []
         return await self._call("infer", (pack_request(request),), taken)
+
+    def takes(self, size: int) -> bool:
+        """Whether to pass on, undecoded, a gRPC ModelInferRequest of `size` bytes. A large one is
+        decoded here, so that its tensors go through the arena."""
+        return size < SMALLEST and (self.forward_share >= 1 or random.random() < self.forward_share)
+
+    async def infer_grpc(self, wire: bytes) -> bytes:
+        """A gRPC ModelInferRequest as it came off the wire, decoded and run by the model process: its
+        ModelInferResponse, serialized."""
+        return await self._call("infer_grpc", (wire,))
 
     async def stream(self, request: InferRequest) -> AsyncIterator[tuple[str, InferResponse | None, bool]]:
         taken = self.arena.place(request) if self.arena is not None else []
@@ -179,7 +206,7 @@ class RemoteDataPlane:
         try:
             return await future
         except asyncio.CancelledError:
-            if method == "infer":
+            if method in INFER_METHODS:
                 self._cancel(call_id, taken)
             raise
 
@@ -199,11 +226,14 @@ class RemoteDataPlane:
         if not taken and call_id in self.pending and not self.protocol.closed:
             self.protocol.send(Cancel(call_id))
 
-    def _reply(self, reply: Reply | Partial | LogSettingsChanged) -> None:
+    def _reply(self, reply: Reply | Partial | LogSettingsChanged | ForwardShare) -> None:
         """A call's answer; done here, whether or not anyone still awaits it (a client that went away),
         so that the arenas' space always comes back."""
         if isinstance(reply, LogSettingsChanged):
             logs.apply(reply.settings)
+            return
+        if isinstance(reply, ForwardShare):
+            self.forward_share = reply.share
             return
         if isinstance(reply, Partial):
             version, packed, final = reply.value
@@ -215,14 +245,17 @@ class RemoteDataPlane:
         future, method, taken = self.pending.pop(reply.id, (None, "", None))
         if taken:
             self.arena.give_back(taken)
-        if method == "infer" and reply.error is None:
-            reply = Reply(reply.id, (reply.value[0], self._unpack(reply.value[1])))
+        value = reply.value
+        if reply.error is None and method == "infer":
+            value = (value[0], self._unpack(value[1]))
+        elif reply.error is None and method == "infer_grpc":
+            value = self._copy_out(value) if isinstance(value, ArenaOutput) else value
         if future is None or future.done():
             return
         if reply.error is not None:
             future.set_exception(reply.error)
         else:
-            future.set_result(reply.value)
+            future.set_result(value)
 
     def _unpack(self, packed: tuple) -> InferResponse:
         """A response as the model process sent it: outputs in its arena become arrays of their own,
@@ -237,6 +270,11 @@ class RemoteDataPlane:
         if blocks:
             self.protocol.send(Release(blocks))
         return response
+
+    def _copy_out(self, output: ArenaOutput) -> bytes:
+        data = self.replies.map[output.offset:output.offset + output.nbytes]
+        self.protocol.send(Release([(output.offset, output.nbytes)]))
+        return data
 
     def _lost(self) -> None:
         self.lost.set()  # pending stream calls end with their future
@@ -257,15 +295,53 @@ class RemoteDataPlane:
 
 # --- the model process's side --------------------------------------------------------------------
 
-class PlaneServer:
-    """Runs the calls of one frontend process on the DataPlane: `infer` from its future's callback,
-    the others each as a task of its own. `started` gets the frontend's Started message."""
+class ForwardBalance:
+    """The share of small gRPC requests the frontends pass on undecoded, in STEPS steps from none to
+    all: every WINDOW of the model process's time, a step up while its event loop was busy less than
+    BUSY of the time, a step down otherwise. `send` tells the frontends each new share."""
+    WINDOW = 0.01
+    STEPS = 20
+    BUSY = 0.9
 
-    def __init__(self, plane: DataPlane, started: asyncio.Future, on_lost, arena: Arena | None = None):
+    def __init__(self, send: Callable[[float], None], clock: Callable[[], float] = time.monotonic,
+                 waited: Callable[[], float] = event_loop.waited_seconds):
+        self.send = send
+        self.clock = clock
+        self.waited_seconds = waited
+        self.steps = self.STEPS
+        self.since = clock()
+        self.waited = waited()
+
+    @property
+    def share(self) -> float:
+        return self.steps / self.STEPS
+
+    def tick(self) -> None:
+        """Called with each request: measures once a WINDOW."""
+        now = self.clock()
+        if now - self.since < self.WINDOW:
+            return
+        waited = self.waited_seconds()
+        busy = 1 - (waited - self.waited) / (now - self.since)
+        self.since, self.waited = now, waited
+        steps = min(self.STEPS, self.steps + 1) if busy < self.BUSY else max(0, self.steps - 1)
+        if steps != self.steps:
+            self.steps = steps
+            self.send(self.share)
+
+
+class PlaneServer:
+    """Runs the calls of one frontend process on the DataPlane: `infer` and `infer_grpc` from their
+    future's callback, the others each as a task of its own. `started` gets the frontend's Started
+    message."""
+
+    def __init__(self, plane: DataPlane, started: asyncio.Future, on_lost, arena: Arena | None = None,
+                 balance: ForwardBalance | None = None):
         self.plane = plane
         self.started = started
         self.on_lost = on_lost
         self.arena = arena   # large outputs go back through it
+        self.balance = balance
         self.protocol = MessageProtocol(self._call, self._lost)
         self.running: dict[int, asyncio.Future] = {}   # call id -> its answer or task, until done
 
@@ -289,7 +365,7 @@ class PlaneServer:
             if not self.started.done():
                 self.started.set_result(call)
             return
-        if call.method == "infer":
+        if call.method in INFER_METHODS:
             self._infer(call)
             return
         if call.method not in METHODS:
@@ -300,29 +376,48 @@ class PlaneServer:
         task.add_done_callback(lambda done, call_id=call.id: self._ended(call_id, done))
 
     def _infer(self, call: Call) -> None:
-        """The busiest call, answered from its future's callback: no task, no coroutine."""
+        """The busiest calls, answered from their future's callback: no task, no coroutine. `infer`
+        carries a packed request and gets the packed response; `infer_grpc` the request and the response
+        serialized as gRPC sends them."""
+        if self.balance is not None:
+            self.balance.tick()
         try:
-            version, answer = self.plane.submit(unpack_request(call.args[0]))
+            message = call.args[0]
+            request = unpack_request(message) if call.method == "infer" else self._decode_grpc(message)
+            version, answer = self.plane.submit(request)
         except Exception as e:
             self.protocol.send(Reply(call.id, error=_naiad_error(e)))
             return
         if answer.done():
-            self._answer(call.id, version, answer)
+            self._answer(call, request, version, answer)
             return
         self.running[call.id] = answer
-        answer.add_done_callback(lambda done: self._answer(call.id, version, done))
+        answer.add_done_callback(lambda done: self._answer(call, request, version, done))
 
-    def _answer(self, call_id: int, version: str, answer: asyncio.Future) -> None:
+    def _decode_grpc(self, wire: bytes) -> InferRequest:
+        message = grpc_frontend.parse_request(wire)
+        try:
+            return grpc_frontend.decode_request(message)
+        except InvalidArgument:
+            self.plane.registry.get(message.model_name, message.model_version)  # an unknown model first
+            raise
+
+    def _answer(self, call: Call, request: InferRequest, version: str, answer: asyncio.Future) -> None:
         if answer.cancelled():
-            self._ended(call_id, answer)
+            self._ended(call.id, answer)
             return
-        self.running.pop(call_id, None)
+        self.running.pop(call.id, None)
         try:
             response = checked(answer.result())
+            if call.method == "infer":
+                value = (version, self._pack(response))
+            else:
+                encoded = grpc_frontend.encode_response(request, version, response)
+                value = self._place(encoded.SerializeToString())
         except Exception as e:
-            self.protocol.send(Reply(call_id, error=_naiad_error(e)))
+            self.protocol.send(Reply(call.id, error=_naiad_error(e)))
         else:
-            self.protocol.send(Reply(call_id, (version, self._pack(response))))
+            self.protocol.send(Reply(call.id, value))
 
     def _ended(self, call_id: int, task: asyncio.Future) -> None:
         self.running.pop(call_id, None)
@@ -355,6 +450,14 @@ class PlaneServer:
             offset = self.arena.put(output)
             if offset is not None:
                 response.outputs[name] = ArenaOutput(output.dtype, output.shape, offset, output.nbytes)
+
+    def _place(self, data: bytes) -> bytes | ArenaOutput:
+        """A serialized response for the frontend: through the arena when it is large."""
+        if self.arena is None or self.protocol.closed:
+            return data
+        array = np.frombuffer(data, np.uint8)
+        offset = self.arena.put(array)
+        return data if offset is None else ArenaOutput(array.dtype, array.shape, offset, array.nbytes)
 
 
 def _naiad_error(error: BaseException, method: str = "infer") -> NaiadError:

@@ -54,13 +54,22 @@ def spin_seconds(frontends: int, busy_poll_us: int | None = None) -> float:
 
 
 class PreciseSelector(selectors.DefaultSelector):
-    """`spin()` says, before each sleep, how long to poll first (seconds; 0: not at all)."""
+    """`spin()` says, before each sleep, how long to poll first (seconds; 0: not at all). `waited`: the
+    seconds spent waiting for events so far, polling included, which is the loop's spare time."""
 
     def __init__(self, spin: Callable[[], float] = lambda: 0.0):
         super().__init__()
         self.spin = spin
+        self.waited = 0.0
 
     def select(self, timeout: float | None = None):
+        started = time.monotonic()
+        try:
+            return self._select(timeout)
+        finally:
+            self.waited += time.monotonic() - started
+
+    def _select(self, timeout: float | None):
         if timeout is not None and timeout <= 0:
             return super().select(0)
         spin = self.spin()
@@ -78,6 +87,12 @@ class PreciseSelector(selectors.DefaultSelector):
             select.select([self.fileno()], [], [], timeout)  # the epoll's own file: readable on events
             return super().select(0)
         return super().select(timeout)
+
+
+def waited_seconds() -> float:
+    """The running event loop's PreciseSelector.waited; 0 for a loop of another kind."""
+    selector = getattr(asyncio.get_running_loop(), "_selector", None)
+    return selector.waited if isinstance(selector, PreciseSelector) else 0.0
 
 
 def run(main: Coroutine, spin: Callable[[], float] = lambda: 0.0):

@@ -1,7 +1,8 @@
 """Frontend processes: with `--frontends N` (N > 1), N processes share the gRPC and HTTP ports and do
 the wire work (parsing, validation of the message, serialising answers), so that it uses N cores; the
 server's own process keeps the models, the schedulers, the shared-memory registry and the metrics,
-and answers each frontend's DataPlane calls over a channel (channel.py).
+and answers each frontend's DataPlane calls over a channel (channel.py). It also decodes small gRPC
+requests itself while it has time to spare (channel.ForwardBalance).
 
 A frontend that dies is started again; only the requests it held fail (their clients see the
 connection close). A frontend whose channel closes (the server is gone) exits. At SIGTERM the server
@@ -28,7 +29,8 @@ import sys
 from naiad.batching.processes import Segment, wait_for_exit
 from naiad.daemon import event_loop, grpc_frontend, http_frontend, logs
 from naiad.daemon.arena import Arena
-from naiad.daemon.channel import LogSettingsChanged, PlaneServer, RemoteDataPlane, Started
+from naiad.daemon.channel import (ForwardBalance, ForwardShare, LogSettingsChanged, PlaneServer,
+                                  RemoteDataPlane, Started)
 from naiad.daemon.dataplane import DataPlane
 from naiad.daemon.settings import Settings
 
@@ -78,6 +80,7 @@ class FrontendPool:
         self.channels: dict[int, PlaneServer] = {}   # each frontend's, for the log settings
         self.stopping = False
         plane.log_listeners.append(self._send_log_settings)
+        self.balance = ForwardBalance(self._send_forward_share)
 
     async def start(self) -> None:
         """Start every frontend and wait until each listens; raises OSError when one cannot."""
@@ -96,9 +99,12 @@ class FrontendPool:
         self.processes[index] = process
         started = loop.create_future()
         arena = None
-        server = PlaneServer(self.plane, started, lambda: self._lost(index, process, arena, replies), replies)
+        server = PlaneServer(self.plane, started, lambda: self._lost(index, process, arena, replies), replies,
+                             self.balance)
         await loop.create_connection(lambda: server.protocol, sock=ours)
         self.channels[index] = server
+        if self.balance.share < 1:   # a frontend started again joins the others' share
+            server.protocol.send(ForwardShare(self.balance.share))
         message: Started = await started
         if message.error is not None:
             raise OSError(message.error)
@@ -110,6 +116,10 @@ class FrontendPool:
     def _send_log_settings(self, settings: logs.LogSettings) -> None:
         for channel in self.channels.values():
             channel.protocol.send(LogSettingsChanged(settings))
+
+    def _send_forward_share(self, share: float) -> None:
+        for channel in self.channels.values():
+            channel.protocol.send(ForwardShare(share))
 
     def _lost(self, index: int, process: subprocess.Popen, arena: tuple[str, int] | None,
               replies: Arena | None) -> None:
@@ -164,7 +174,8 @@ async def _serve(fd: int, settings: Settings, replies: Segment | None) -> None:
     try:
         if settings.allow_grpc:
             grpc_server = await grpc_frontend.start(plane, settings.grpc_address, settings.grpc_port,
-                                                    settings.max_request_bytes, shared_port=True)
+                                                    settings.max_request_bytes, shared_port=True,
+                                                    forwarding=plane)
         if settings.allow_http:
             http_runner = await http_frontend.start(plane, settings, shared_port=True,
                                                     shutdown_timeout=settings.exit_timeout_secs + ANSWER_GRACE_SECS)

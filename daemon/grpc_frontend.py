@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -62,6 +63,17 @@ def _deserializer(message_class):
         except DecodeError as e:
             return Undecodable(message_class.DESCRIPTOR.name, str(e))
     return parse
+
+
+_parse_infer_request = _deserializer(pb.ModelInferRequest)
+
+
+def parse_request(wire: bytes) -> pb.ModelInferRequest:
+    """A ModelInferRequest as it came off the wire; InvalidArgument when it cannot be parsed."""
+    message = _parse_infer_request(wire)
+    if isinstance(message, Undecodable):
+        raise message.refuse()
+    return message
 
 
 def _parameter(value: pb.InferParameter):
@@ -222,9 +234,22 @@ def _unimplemented(what: str):
     return method
 
 
+class Forwarding(Protocol):
+    """A frontend process's way to the model process for ModelInfer requests it does not decode."""
+
+    def takes(self, size: int) -> bool:
+        """Whether a request of `size` bytes goes on undecoded."""
+
+    async def infer_grpc(self, wire: bytes) -> bytes:
+        """The request as it came off the wire -> its ModelInferResponse, serialized."""
+
+
 class InferenceService:
-    def __init__(self, plane: DataPlane):
+    BYTES_METHODS = ("ModelInfer",)   # take and return their messages serialized
+
+    def __init__(self, plane: DataPlane, forwarding: Forwarding | None = None):
         self.plane = plane
+        self.forwarding = forwarding
 
     async def _decode(self, message: pb.ModelInferRequest) -> InferRequest:
         if isinstance(message, Undecodable):
@@ -237,10 +262,13 @@ class InferenceService:
             raise
 
     @_rpc
-    async def ModelInfer(self, message, context):
-        request = await self._decode(message)
+    async def ModelInfer(self, wire: bytes, context) -> bytes:
+        # a frontend process may pass the request on undecoded (daemon/channel.py says when)
+        if self.forwarding is not None and self.forwarding.takes(len(wire)):
+            return await self.forwarding.infer_grpc(wire)
+        request = await self._decode(parse_request(wire))
         version, response = await self.plane.infer(request)
-        return encode_response(request, version, response)
+        return encode_response(request, version, response).SerializeToString()
 
     async def ModelStreamInfer(self, messages, context):
         """Each request runs as it arrives; its responses (one, or a decoupled model's many, in the
@@ -410,13 +438,17 @@ class HealthService:
 
 
 def _handler(service, module, descriptor) -> grpc.GenericRpcHandler:
-    """Register every method of a service descriptor with its message classes."""
+    """Register every method of a service descriptor with its message classes, except those the
+    service takes and answers serialized."""
     handlers = {}
     for method in descriptor.methods:
-        request_class = getattr(module, method.input_type.name)
-        response_class = getattr(module, method.output_type.name)
         kind = (grpc.stream_stream_rpc_method_handler if method.client_streaming
                 else grpc.unary_unary_rpc_method_handler)
+        if method.name in getattr(service, "BYTES_METHODS", ()):
+            handlers[method.name] = kind(getattr(service, method.name))
+            continue
+        request_class = getattr(module, method.input_type.name)
+        response_class = getattr(module, method.output_type.name)
         handlers[method.name] = kind(getattr(service, method.name),
                                      request_deserializer=_deserializer(request_class),
                                      response_serializer=response_class.SerializeToString)
@@ -424,7 +456,7 @@ def _handler(service, module, descriptor) -> grpc.GenericRpcHandler:
 
 
 async def start(plane: DataPlane, address: str, port: int, max_message_bytes: int,
-                shared_port: bool = False) -> grpc.aio.Server:
+                shared_port: bool = False, forwarding: Forwarding | None = None) -> grpc.aio.Server:
     """The gRPC server, listening. With shared_port, naiad's frontend processes share the port (the
     server checked first that no one else holds it); otherwise a port in use is an error."""
     server = grpc.aio.server(options=[
@@ -433,7 +465,8 @@ async def start(plane: DataPlane, address: str, port: int, max_message_bytes: in
         ("grpc.so_reuseport", int(shared_port)),
     ])
     server.add_generic_rpc_handlers((
-        _handler(InferenceService(plane), pb, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]),
+        _handler(InferenceService(plane, forwarding), pb,
+                 pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]),
         _handler(HealthService(plane), health_pb2, health_pb2.DESCRIPTOR.services_by_name["Health"]),
     ))
     try:

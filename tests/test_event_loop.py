@@ -73,3 +73,21 @@ def test_busy_poll_us_overrides_the_core_count():
     assert event_loop.spin_seconds(cores, busy_poll_us=250) == 250e-6
     assert event_loop.spin_seconds(2, busy_poll_us=0) == 0
     assert event_loop.spin_seconds(1, busy_poll_us=250) == 0  # one process still never polls
+
+
+def test_the_time_spent_waiting_for_events_is_counted():
+    async def sleeps_then_works() -> tuple[float, float]:
+        before = event_loop.waited_seconds()
+        await asyncio.sleep(0.05)
+        waited = event_loop.waited_seconds() - before
+        before = event_loop.waited_seconds()
+        deadline = time.monotonic() + 0.05
+        while time.monotonic() < deadline:   # busy, without yielding to the loop
+            pass
+        await asyncio.sleep(0)
+        return waited, event_loop.waited_seconds() - before
+
+    for spin in (0.0, event_loop.SPIN_SECONDS):
+        waited, while_busy = run_on_loop(sleeps_then_works, spin)
+        assert 0.04 <= waited < 0.2, waited
+        assert while_busy < 0.01, while_busy

@@ -138,6 +138,42 @@ def test_large_tensors_cross_the_frontends_intact(repository, start_server):
     assert "no tensor arena" not in server.log()
 
 
+ARANGE = """
+    import numpy as np
+    from naiad.backends.python_api import InferenceResponse, Tensor
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            return [InferenceResponse([Tensor("OUTPUT0", arange(r))]) for r in requests]
+
+    def arange(request):
+        return np.arange(request.input("INPUT0")[0, 0], dtype=np.float32)[None]
+"""
+
+
+def test_large_answers_to_small_requests_cross_the_frontends_intact(repository, start_server):
+    """A small gRPC request goes to the model process undecoded, and its answer comes back serialized,
+    through the model process's arena when it is 64 KiB or more."""
+    import tritonclient.grpc as grpcclient
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = {"backend": "python", "max_batch_size": 8, "input": [models.tensor("INPUT0", "INT64", [1])],
+              "output": [models.tensor("OUTPUT0", "FP32", [-1])]}
+    models.write_model(repository, "arange", config, ARANGE)
+    server = start_server(repository, "--frontends", "2", "--busy-poll-us", "200")
+    sizes = [10, 20_000, 300_000, 1_000_000] * 4
+
+    def one(size):
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            tensor = grpcclient.InferInput("INPUT0", [1, 1], "INT64")
+            tensor.set_data_from_numpy(np.array([[size]], dtype=np.int64))
+            return client.infer("arange", [tensor]).as_numpy("OUTPUT0")
+
+    with ThreadPoolExecutor(8) as pool:
+        for size, received in zip(sizes, pool.map(one, sizes)):
+            np.testing.assert_array_equal(received, np.arange(size, dtype=np.float32)[None])
+
+
 def test_clients_cannot_name_a_frontends_arena(tmp_path, start_server):
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
