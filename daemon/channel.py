@@ -179,7 +179,7 @@ class RemoteDataPlane:
     def takes(self, size: int) -> bool:
         """Whether to pass on, undecoded, a gRPC ModelInferRequest of `size` bytes. A large one is
         decoded here, so that its tensors go through the arena."""
-        return size < SMALLEST and (self.forward_share >= 1 or random.random() < self.forward_share)
+        return size < SMALLEST and random.random() < self.forward_share
 
     async def infer_grpc(self, wire: bytes) -> bytes:
         """A gRPC ModelInferRequest as it came off the wire, decoded and run by the model process: its
@@ -441,23 +441,23 @@ class PlaneServer:
 
     def _pack(self, response: InferResponse) -> tuple:
         """A response for the frontend: large outputs go into the arena when there is one."""
-        if self.arena is not None and not self.protocol.closed:
-            self._place_outputs(response)
-        return pack_response(response)
-
-    def _place_outputs(self, response: InferResponse) -> None:
         for name, output in response.outputs.items():
-            offset = self.arena.put(output)
-            if offset is not None:
-                response.outputs[name] = ArenaOutput(output.dtype, output.shape, offset, output.nbytes)
+            placed = self._in_arena(output)
+            if placed is not None:
+                response.outputs[name] = placed
+        return pack_response(response)
 
     def _place(self, data: bytes) -> bytes | ArenaOutput:
         """A serialized response for the frontend: through the arena when it is large."""
+        placed = self._in_arena(np.frombuffer(data, np.uint8))
+        return data if placed is None else placed
+
+    def _in_arena(self, output) -> ArenaOutput | None:
+        """A large array copied into the arena, when there is one and it has room."""
         if self.arena is None or self.protocol.closed:
-            return data
-        array = np.frombuffer(data, np.uint8)
-        offset = self.arena.put(array)
-        return data if offset is None else ArenaOutput(array.dtype, array.shape, offset, array.nbytes)
+            return None
+        offset = self.arena.put(output)
+        return None if offset is None else ArenaOutput(output.dtype, output.shape, offset, output.nbytes)
 
 
 def _naiad_error(error: BaseException, method: str = "infer") -> NaiadError:
