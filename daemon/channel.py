@@ -301,7 +301,7 @@ class ForwardBalance:
     BUSY of the time, a step down otherwise. `send` tells the frontends each new share."""
     WINDOW = 0.01
     STEPS = 20
-    BUSY = 0.9
+    BUSY = 0.98
 
     def __init__(self, send: Callable[[float], None], clock: Callable[[], float] = time.monotonic,
                  waited: Callable[[], float] = event_loop.waited_seconds):

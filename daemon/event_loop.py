@@ -55,7 +55,9 @@ def spin_seconds(frontends: int, busy_poll_us: int | None = None) -> float:
 
 class PreciseSelector(selectors.DefaultSelector):
     """`spin()` says, before each sleep, how long to poll first (seconds; 0: not at all). `waited`: the
-    seconds spent waiting for events so far, polling included, which is the loop's spare time."""
+    seconds spent waiting for events so far, polling included, which is the loop's spare time. The
+    loop's look for new events while it has work ready (a timeout of 0) is work, not a wait: a loop
+    that never runs out of work has no spare time, however often it looks."""
 
     def __init__(self, spin: Callable[[], float] = lambda: 0.0):
         super().__init__()
@@ -63,6 +65,8 @@ class PreciseSelector(selectors.DefaultSelector):
         self.waited = 0.0
 
     def select(self, timeout: float | None = None):
+        if timeout is not None and timeout <= 0:
+            return super().select(0)
         started = time.monotonic()
         try:
             return self._select(timeout)
@@ -70,8 +74,6 @@ class PreciseSelector(selectors.DefaultSelector):
             self.waited += time.monotonic() - started
 
     def _select(self, timeout: float | None):
-        if timeout is not None and timeout <= 0:
-            return super().select(0)
         spin = self.spin()
         if spin:
             deadline = time.monotonic() + (spin if timeout is None else min(spin, timeout))

@@ -85,9 +85,15 @@ def test_the_time_spent_waiting_for_events_is_counted():
         while time.monotonic() < deadline:   # busy, without yielding to the loop
             pass
         await asyncio.sleep(0)
-        return waited, event_loop.waited_seconds() - before
+        while_busy = event_loop.waited_seconds() - before
+        before = event_loop.waited_seconds()
+        deadline = time.monotonic() + 0.05
+        while time.monotonic() < deadline:   # busy, yielding: each turn of the loop has work ready
+            await asyncio.sleep(0)
+        return waited, while_busy, event_loop.waited_seconds() - before
 
     for spin in (0.0, event_loop.SPIN_SECONDS):
-        waited, while_busy = run_on_loop(sleeps_then_works, spin)
+        waited, while_busy, while_yielding = run_on_loop(sleeps_then_works, spin)
         assert 0.04 <= waited < 0.2, waited
         assert while_busy < 0.01, while_busy
+        assert while_yielding < 0.001, while_yielding
