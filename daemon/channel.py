@@ -342,6 +342,7 @@ class PlaneServer:
         self.on_lost = on_lost
         self.arena = arena   # large outputs go back through it
         self.balance = balance
+        self.decoder = grpc_frontend.RequestDecoder()
         self.protocol = MessageProtocol(self._call, self._lost)
         self.running: dict[int, asyncio.Future] = {}   # call id -> its answer or task, until done
 
@@ -395,10 +396,10 @@ class PlaneServer:
         answer.add_done_callback(lambda done: self._answer(call, request, version, done))
 
     def _decode_grpc(self, wire: bytes) -> InferRequest:
-        message = grpc_frontend.parse_request(wire)
         try:
-            return grpc_frontend.decode_request(message)
+            return self.decoder.decode(wire)
         except InvalidArgument:
+            message = grpc_frontend.parse_request(wire)
             self.plane.registry.get(message.model_name, message.model_version)  # an unknown model first
             raise
 

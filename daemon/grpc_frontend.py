@@ -105,10 +105,53 @@ def _from_contents(tensor, datatype: datatypes.DataType, shape: list[int]) -> np
         raise InvalidArgument(f"input '{tensor.name}': a value in {field} does not fit {datatype}")
 
 
-def decode_request(message: pb.ModelInferRequest) -> InferRequest:
-    raw = message.raw_input_contents
+@dataclass(frozen=True, slots=True)
+class RawInput:
+    """An input whose data is the next entry of raw_input_contents."""
+    datatype: datatypes.DataType
+    shape: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDescription:
+    """A ModelInferRequest decoded but for its id and raw_input_contents. Clients send the same
+    description over and over with new data; `reusable` when the data is all in raw_input_contents or
+    shared memory (an input given in `contents` is decoded into it)."""
+    model_name: str
+    model_version: str
+    inputs: dict[str, RawInput | SharedInput | np.ndarray]
+    requested_outputs: list[RequestedOutput] | None
+    parameters: dict
+    priority: int
+    timeout_us: int
+    raw_count: int
+    reusable: bool
+
+    def request(self, raw, request_id: str) -> InferRequest:
+        """The request these raw_input_contents and id complete."""
+        if len(raw) != self.raw_count:
+            count = (", fewer than the inputs" if len(raw) < self.raw_count
+                     else f" for {self.raw_count} inputs")
+            raise InvalidArgument(f"raw_input_contents holds {len(raw)} entries{count} not in shared memory; "
+                                  f"send one per input, in the order of `inputs`")
+        inputs = {}
+        used = 0
+        for name, value in self.inputs.items():
+            if isinstance(value, RawInput):
+                value = datatypes.from_raw(name, value.datatype, value.shape, raw[used])
+                used += 1
+            inputs[name] = value
+        outputs = self.requested_outputs
+        return InferRequest(self.model_name, self.model_version, inputs,
+                            None if outputs is None else list(outputs), request_id, dict(self.parameters),
+                            self.priority, self.timeout_us)
+
+
+def describe_request(message: pb.ModelInferRequest, has_raw: bool) -> RequestDescription:
+    """Everything in a request but its id and raw_input_contents (`has_raw`: whether it has any),
+    checked; InvalidArgument naming what is wrong."""
     inputs = {}
-    raw_used = 0
+    raw_count = 0
     for tensor in message.inputs:
         name = tensor.name
         datatype = datatypes.BY_NAME.get(tensor.datatype)
@@ -124,25 +167,19 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
             parameters = _parameters(tensor.parameters)
             check_tensor_parameters("input", name, parameters)
             where = region_slice("input", name, parameters)
-        if (where is not None or raw) and tensor.HasField("contents") and tensor.contents.ListFields():
+        if (where is not None or has_raw) and tensor.HasField("contents") and tensor.contents.ListFields():
             # Triton's rule: an input's data comes from one place only
             raise InvalidArgument(f"input '{name}': has data in contents while its data is in "
                                   f"{'shared memory' if where is not None else 'raw_input_contents'}; "
                                   f"send it in one place only")
         if where is not None:
             inputs[name] = SharedInput(datatype, tuple(shape), where)
-        elif raw:
-            if raw_used == len(raw):
-                raise InvalidArgument(f"raw_input_contents holds {len(raw)} entries, fewer than the inputs "
-                                      f"not in shared memory; send one per input, in the order of `inputs`")
-            inputs[name] = datatypes.from_raw(name, datatype, shape, raw[raw_used])
-            raw_used += 1
+        elif has_raw:
+            inputs[name] = RawInput(datatype, shape)
+            raw_count += 1
         else:
             inputs[name] = _from_contents(tensor, datatype, shape)
-    if raw_used != len(raw):
-        raise InvalidArgument(f"raw_input_contents holds {len(raw)} entries for {raw_used} inputs not in "
-                              f"shared memory; send one per input, in the order of `inputs`")
-    request = InferRequest(message.model_name, message.model_version, inputs, id=message.id)
+    requested = None
     if message.outputs:
         requested = []
         for output in message.outputs:
@@ -152,11 +189,47 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
                 check_tensor_parameters("output", output.name, parameters)
                 where = region_slice("output", output.name, parameters)
             requested.append(RequestedOutput(output.name, where=where))
-        request.requested_outputs = requested
+    parameters, priority, timeout_us = {}, 0, 0
     if message.parameters:
-        request.parameters = _parameters(message.parameters)
-        request.priority, request.timeout_us = scheduling_parameters(request.parameters)
-    return request
+        parameters = _parameters(message.parameters)
+        priority, timeout_us = scheduling_parameters(parameters)
+    reusable = all(isinstance(value, (RawInput, SharedInput)) for value in inputs.values())
+    return RequestDescription(message.model_name, message.model_version, inputs, requested, parameters,
+                              priority, timeout_us, raw_count, reusable)
+
+
+def decode_request(message: pb.ModelInferRequest) -> InferRequest:
+    raw = message.raw_input_contents
+    return describe_request(message, bool(raw)).request(raw, message.id)
+
+
+class RequestDecoder:
+    """Decodes serialized ModelInferRequests, reusing the description (RequestDescription) of a small
+    request seen lately: looking it up costs a fraction of decoding it again. What is looked up is the
+    request itself without its id and raw_input_contents, so a request is decoded from exactly what
+    its own description would decode to."""
+    KEEP = 64          # descriptions remembered, the oldest forgotten first
+    LONGEST = 1024     # bytes of a description worth remembering (a client's are a few hundred)
+
+    def __init__(self):
+        self.known: dict[tuple[bytes, bool], RequestDescription] = {}
+
+    def decode(self, wire: bytes) -> InferRequest:
+        """InvalidArgument when the request cannot be parsed or is not valid."""
+        message = parse_request(wire)
+        raw = message.raw_input_contents[:]
+        request_id = message.id
+        message.ClearField("raw_input_contents")
+        message.ClearField("id")
+        key = (message.SerializeToString(deterministic=True), bool(raw))   # maps in one order
+        description = self.known.get(key)
+        if description is None:
+            description = describe_request(message, bool(raw))
+            if description.reusable and len(key[0]) <= self.LONGEST:
+                if len(self.known) >= self.KEEP:
+                    del self.known[next(iter(self.known))]
+                self.known[key] = description
+        return description.request(raw, request_id)
 
 
 # --- core to wire --------------------------------------------------------------------------------
@@ -250,6 +323,7 @@ class InferenceService:
     def __init__(self, plane: DataPlane, forwarding: Forwarding | None = None):
         self.plane = plane
         self.forwarding = forwarding
+        self.decoder = RequestDecoder()
 
     async def _decode(self, message: pb.ModelInferRequest) -> InferRequest:
         if isinstance(message, Undecodable):
@@ -266,7 +340,10 @@ class InferenceService:
         # a frontend process may pass the request on undecoded (daemon/channel.py says when)
         if self.forwarding is not None and self.forwarding.takes(len(wire)):
             return await self.forwarding.infer_grpc(wire)
-        request = await self._decode(parse_request(wire))
+        try:
+            request = self.decoder.decode(wire)
+        except InvalidArgument:
+            request = await self._decode(parse_request(wire))   # raises the same, an unknown model first
         version, response = await self.plane.infer(request)
         return encode_response(request, version, response).SerializeToString()
 
