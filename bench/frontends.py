@@ -7,12 +7,15 @@ percent of latency is less than this measure varies from one minute to the next 
 Markdown tables.
 
     python bench/frontends.py [--perf-analyzer PATH] [--triton CMD] [--frontends 1 2 4 8] [--seconds 2]
-                              [--rounds 5] [--channel-share N]
+                              [--rounds 5] [--batching-rounds 3] [--channel-share N]
 
 perf_analyzer's gRPC client shares one connection among several of its workers, so 16 or more
-concurrent requests arrive on only a few connections, and each connection is served by one frontend
-process. --channel-share 1 gives every worker a connection of its own (for every server measured),
-as many independent clients would.
+concurrent requests arrive on only a few connections (three), and each connection is served by one
+frontend process. Which frontends get them is the kernel's choice, made anew for each measurement:
+two connections on one frontend serve less than two on two. So `simple_dyna` is measured
+--batching-rounds times at each concurrency, and shows the median (lowest – highest).
+--channel-share 1 gives every worker a connection of its own (for every server measured), as many
+independent clients would.
 
 --triton is a command that starts Triton given HTTP GRPC METRICS ports and a repository folder after
 them, e.g. `bash bench/peers/peers.sh triton` (after `bench/peers/peers.sh setup`); without it the
@@ -56,12 +59,20 @@ def label(server: str, model: str) -> str:
     return f"{name} `{model}`" + (f", {detail}" if detail else "")
 
 
-def row(title: str, figures: list[harness.Measurement]) -> str:
-    return f"| {title} | " + " | ".join(f"{m.throughput:,.0f}" for m in figures) + " |"
+def row(title: str, figures: list[list[harness.Measurement]]) -> str:
+    """A cell per concurrency: the throughput, or the median (lowest – highest) of several."""
+    cells = []
+    for measurements in figures:
+        found = sorted(m.throughput for m in measurements)
+        cells.append(f"{statistics.median(found):,.0f}"
+                     + (f" ({found[0]:,.0f} – {found[-1]:,.0f})" if len(found) > 1 else ""))
+    return f"| {title} | " + " | ".join(cells) + " |"
 
 
-def measure(analyzer: str, server: harness.Server, model: str, seconds: float) -> list[harness.Measurement]:
-    return [harness.perf(analyzer, server.grpc_port, model, c, seconds, "--async") for c in CONCURRENCY]
+def measure(analyzer: str, server: harness.Server, model: str, seconds: float, rounds: int = 1
+            ) -> list[list[harness.Measurement]]:
+    return [[harness.perf(analyzer, server.grpc_port, model, c, seconds, "--async") for _ in range(rounds)]
+            for c in CONCURRENCY]
 
 
 def latencies(analyzer: str, servers: dict[str, harness.Server], rounds: int, seconds: float
@@ -82,6 +93,8 @@ def main() -> None:
     parser.add_argument("--frontends", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5, help="turns of the servers at concurrency 1")
+    parser.add_argument("--batching-rounds", type=int, default=3,
+                        help="measurements of `simple_dyna` at each concurrency")
     parser.add_argument("--channel-share", type=int, default=0,
                         help="perf_analyzer workers per gRPC connection (0: its default)")
     args = parser.parse_args()
@@ -105,12 +118,12 @@ def main() -> None:
         header = " | ".join(f"c={c} infer/s" for c in CONCURRENCY)
         print(f"| server, model | {header} |\n| --- |" + " --- |" * len(CONCURRENCY))
         for name, server in servers.items():
-            models = ["simple"]
+            rounds = {"simple": 1}
             if name in (f"naiad, --frontends {max(args.frontends)}", "Triton"):
-                models.append("simple_dyna")  # dynamic batching of 100 µs, batches up to 64
-            for model in models:
-                print(row(label(name, model), measure(args.perf_analyzer, server, model, args.seconds)),
-                      flush=True)
+                rounds["simple_dyna"] = args.batching_rounds  # dynamic batching of 100 µs, batches up to 64
+            for model, times in rounds.items():
+                figures = measure(args.perf_analyzer, server, model, args.seconds, times)
+                print(row(label(name, model), figures), flush=True)
 
         found = latencies(args.perf_analyzer, servers, args.rounds, args.seconds)
     print(f"\n| `simple` at concurrency 1, {args.rounds} rounds | avg latency µs, median | lowest – highest |"
