@@ -5,7 +5,11 @@ the server (daemon/event_loop.py). Prints, for each setting, requests a second, 
 model process's CPU time per request, the frontends' CPU per request and the mean round trip; and first
 the floor any two asyncio processes pay for a round trip over a Unix socket.
 
-    python bench/channel.py [--seconds 3] [--settings 1x1 1x64 8x8 8x16]    # FRONTENDSxCLIENTS
+With --grpc the stand-in frontends call `infer_grpc` instead: each request is a serialized gRPC
+ModelInferRequest, as perf_analyzer sends it, that the model process decodes, runs and answers
+serialized (what frontends do with small requests while the model process has time to spare).
+
+    python bench/channel.py [--seconds 3] [--settings 1x1 1x64 8x8 8x16] [--grpc]  # FRONTENDSxCLIENTS
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from naiad.daemon.frontends import fewer_collections
 from naiad.daemon.inference import InferRequest
 from naiad.daemon.registry import Registry
 from naiad.daemon.shared_memory import SharedMemory
+from naiad.proto import grpc_service_pb2 as pb
 
 PING_ROUNDS = 20_000
 SPIN = [0.0]   # how long this process (the model process) polls before it sleeps
@@ -76,19 +81,37 @@ async def ping_pong() -> None:
     echo.kill()
 
 
-def frontend_process(fd: int, model: str, clients: int, seconds: float, spin: float, report) -> None:
+def grpc_request(model: str, tensor: np.ndarray) -> bytes:
+    """A serialized ModelInferRequest as perf_analyzer sends one for `simple`: both inputs, both
+    outputs asked for, an id and the empty-final-response parameter."""
+    message = pb.ModelInferRequest(model_name=model, id="1")
+    for name in ("INPUT0", "INPUT1"):
+        message.inputs.add(name=name, datatype="INT32", shape=tensor.shape)
+        message.raw_input_contents.append(tensor.tobytes())
+    for name in ("OUTPUT0", "OUTPUT1"):
+        message.outputs.add(name=name)
+    message.parameters["triton_enable_empty_final_response"].bool_param = False
+    return message.SerializeToString()
+
+
+def frontend_process(fd: int, model: str, clients: int, seconds: float, spin: float, grpc: bool,
+                     report) -> None:
     async def run():
         fewer_collections()
         plane = RemoteDataPlane()
         await asyncio.get_running_loop().create_connection(lambda: plane.protocol, sock=socket.socket(fileno=fd))
         tensor = np.arange(16, dtype=np.int32).reshape(1, 16)
+        wire = grpc_request(model, tensor) if grpc else None
         count = 0
         stop = time.perf_counter() + seconds
 
         async def client():
             nonlocal count
             while time.perf_counter() < stop:
-                await plane.infer(InferRequest(model, "", {"INPUT0": tensor, "INPUT1": tensor}))
+                if wire is not None:
+                    await plane.infer_grpc(wire)
+                else:
+                    await plane.infer(InferRequest(model, "", {"INPUT0": tensor, "INPUT1": tensor}))
                 count += 1
         cpu = time.process_time()
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -96,7 +119,8 @@ def frontend_process(fd: int, model: str, clients: int, seconds: float, spin: fl
     event_loop.run(run(), lambda: spin)
 
 
-async def measure(plane: DataPlane, model: str, count: int, clients: int, seconds: float) -> None:
+async def measure(plane: DataPlane, model: str, count: int, clients: int, seconds: float, grpc: bool
+                  ) -> None:
     loop = asyncio.get_running_loop()
     SPIN[0] = spin = event_loop.spin_seconds(max(count, 2))   # as in a server with that many frontends
     reports, processes = [], []
@@ -104,7 +128,7 @@ async def measure(plane: DataPlane, model: str, count: int, clients: int, second
         ours, theirs = socket.socketpair()
         receive, send = multiprocessing.Pipe(duplex=False)
         process = multiprocessing.Process(target=frontend_process,
-                                          args=(theirs.fileno(), model, clients, seconds, spin, send))
+                                          args=(theirs.fileno(), model, clients, seconds, spin, grpc, send))
         process.start()
         theirs.close()
         reports.append(receive)
@@ -128,6 +152,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--settings", nargs="+", default=["1x1", "1x64", "8x8", "8x16"])
+    parser.add_argument("--grpc", action="store_true", help="serialized gRPC requests (infer_grpc)")
     args = parser.parse_args()
     await ping_pong()
     fewer_collections()
@@ -140,7 +165,7 @@ async def main() -> None:
         for model in ("simple", "simple_dyna"):
             for setting in args.settings:
                 count, clients = map(int, setting.split("x"))
-                await measure(plane, model, count, clients, args.seconds)
+                await measure(plane, model, count, clients, args.seconds, args.grpc)
         await registry.close(5)
 
 
