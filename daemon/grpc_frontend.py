@@ -204,10 +204,10 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
 
 
 class RequestDecoder:
-    """Decodes serialized ModelInferRequests, reusing the description (RequestDescription) of a small
-    request seen lately: looking it up costs a fraction of decoding it again. What is looked up is the
-    request itself without its id and raw_input_contents, so a request is decoded from exactly what
-    its own description would decode to."""
+    """Decodes serialized ModelInferRequests, reusing the description (RequestDescription) of a request
+    seen lately: looking it up costs a fraction of decoding it again. What is looked up is the request
+    itself without its id and raw_input_contents, so a request is decoded from exactly what its own
+    description would decode to."""
     KEEP = 64          # descriptions remembered, the oldest forgotten first
     LONGEST = 1024     # bytes of a description worth remembering (a client's are a few hundred)
 
