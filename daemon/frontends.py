@@ -103,8 +103,7 @@ class FrontendPool:
                              self.balance)
         await loop.create_connection(lambda: server.protocol, sock=ours)
         self.channels[index] = server
-        if self.balance.share < 1:   # a frontend started again joins the others' share
-            server.protocol.send(ForwardShare(self.balance.share))
+        server.protocol.send(ForwardShare(self.balance.share))   # a frontend started again joins the others
         message: Started = await started
         if message.error is not None:
             raise OSError(message.error)
