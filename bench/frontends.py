@@ -1,10 +1,11 @@
 """The data plane on many cores: naiad's `simple` with --frontends 1, 2, 4 and 8 against Triton (`simple`
-with and without dynamic batching) and a bare grpc.aio servicer, perf_analyzer over gRPC with
---async and batch 1, at concurrency 16, 64 and 128, and at concurrency 1 for the latency (naiad with each
-frontend count, Triton's `simple`, the bare servicer). Every server runs for the whole script; at
-concurrency 1 they take turns, --rounds times, and each gets the median of its rounds, since a few
-percent of latency is less than this measure varies from one minute to the next on a busy host. Prints
-Markdown tables.
+with and without dynamic batching), a bare grpc.aio servicer and the ceiling of naiad's design in
+Python (bench/grpc_ceiling.py --forwarders: as many bare servicers as naiad's most frontends, passing
+each request to one process that does the work), perf_analyzer over gRPC with --async and batch 1, at
+concurrency 16, 64 and 128, and at concurrency 1 for the latency (`simple` on every server). Every
+server runs for the whole script; at concurrency 1 they take turns, --rounds times, and each gets the
+median of its rounds, since a few percent of latency is less than this measure varies from one minute
+to the next on a busy host. Prints Markdown tables.
 
     python bench/frontends.py [--perf-analyzer PATH] [--triton CMD] [--frontends 1 2 4 8] [--seconds 2]
                               [--rounds 5] [--batching-rounds 3] [--channel-share N]
@@ -12,8 +13,9 @@ Markdown tables.
 perf_analyzer's gRPC client shares one connection among several of its workers, so 16 or more
 concurrent requests arrive on only a few connections (three), and each connection is served by one
 frontend process. Which frontends get them is the kernel's choice, made anew for each measurement:
-two connections on one frontend serve less than two on two. So `simple_dyna` is measured
---batching-rounds times at each concurrency, and shows the median (lowest – highest).
+two connections on one frontend serve less than two on two. So `simple_dyna`, and `simple` on naiad's
+most frontends and on the forwarders, are measured --batching-rounds times at each concurrency, and
+show the median (lowest – highest).
 --channel-share 1 gives every worker a connection of its own (for every server measured), as many
 independent clients would.
 
@@ -94,7 +96,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5, help="turns of the servers at concurrency 1")
     parser.add_argument("--batching-rounds", type=int, default=3,
-                        help="measurements of `simple_dyna` at each concurrency")
+                        help="measurements at each concurrency where connections land by chance")
     parser.add_argument("--channel-share", type=int, default=0,
                         help="perf_analyzer workers per gRPC connection (0: its default)")
     args = parser.parse_args()
@@ -112,14 +114,18 @@ def main() -> None:
             keep(f"naiad, --frontends {count}", harness.start_naiad(repository, "--frontends", str(count)))
         if args.triton:
             keep("Triton", harness.start_command(shlex.split(args.triton)))
-        keep("bare grpc.aio servicer",
-             harness.start_grpc_only([sys.executable, str(ROOT / "bench" / "grpc_ceiling.py")]))
+        ceiling = [sys.executable, str(ROOT / "bench" / "grpc_ceiling.py")]
+        keep("bare grpc.aio servicer", harness.start_grpc_only(ceiling))
+        most = max(args.frontends)
+        forwarders = f"grpc.aio forwarders, {most} processes"
+        keep(forwarders, harness.start_grpc_only([*ceiling, "--forwarders", str(most)]))
+        placed = (f"naiad, --frontends {most}", forwarders)   # where connections land decides their figures
 
         header = " | ".join(f"c={c} infer/s" for c in CONCURRENCY)
         print(f"| server, model | {header} |\n| --- |" + " --- |" * len(CONCURRENCY))
         for name, server in servers.items():
-            rounds = {"simple": 1}
-            if name in (f"naiad, --frontends {max(args.frontends)}", "Triton"):
+            rounds = {"simple": args.batching_rounds if name in placed else 1}
+            if name in (f"naiad, --frontends {most}", "Triton"):
                 rounds["simple_dyna"] = args.batching_rounds  # dynamic batching of 100 µs, batches up to 64
             for model, times in rounds.items():
                 figures = measure(args.perf_analyzer, server, model, args.seconds, times)
