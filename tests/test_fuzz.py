@@ -12,6 +12,7 @@ import os
 import struct
 
 import numpy as np
+import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -321,10 +322,13 @@ def decoded(decode, wire: bytes) -> tuple:
 @given(same_description())
 def test_grpc_decoder_that_reuses_descriptions_decodes_as_without(pair):
     decoder = grpc_frontend.RequestDecoder()
+    in_place = grpc_frontend.RequestDecoder()
+    in_place.IN_PLACE_FROM = 0   # every request's tensors as views of its bytes
     for message in pair:
         wire = message.SerializeToString()
         alone = decoded(lambda data: grpc_frontend.decode_request(grpc_frontend.parse_request(data)), wire)
         assert decoded(decoder.decode, wire) == alone
+        assert decoded(in_place.decode, wire) == alone
     assert len(decoder.known) <= len({bool(message.raw_input_contents) for message in pair})
 
 
@@ -343,6 +347,27 @@ def mutated_wire_bytes(draw) -> bytes:
         else:
             del data[at]
     return bytes(data)
+
+
+@fuzz
+@given(mutated_wire_bytes() | grpc_request().map(pb.ModelInferRequest.SerializeToString) | st.binary(max_size=64))
+def test_raw_contents_split_from_the_wire_as_protobuf_parses_them(data):
+    """Where split_raw_contents splits a message, the rest parses as the whole does (or fails as it
+    does), and the raw entries are the whole's, in order."""
+    split = grpc_frontend.split_raw_contents(data)
+    if split is None:
+        return
+    rest, raw = split
+    try:
+        whole = pb.ModelInferRequest.FromString(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            pb.ModelInferRequest.FromString(rest)
+        return
+    parsed = pb.ModelInferRequest.FromString(rest)
+    assert not parsed.raw_input_contents
+    parsed.raw_input_contents.extend(bytes(entry) for entry in raw)
+    assert parsed.SerializeToString(deterministic=True) == whole.SerializeToString(deterministic=True)
 
 
 @fuzz

@@ -1,7 +1,8 @@
 """grpc_frontend.RequestDecoder, in process: a request whose description (all but its id and
 raw_input_contents) came lately is decoded from the remembered description, with its own id and
-data; descriptions that hold tensor data or are long are not remembered, and at most KEEP are.
-That reuse decodes exactly as decoding afresh is a property test in test_fuzz.py."""
+data; descriptions that hold tensor data or are long are not remembered, and at most KEEP are. A large
+request's tensors are views of the bytes it came in. That reuse decodes exactly as decoding afresh,
+and that the bytes split from the wire are those protobuf parses, are property tests in test_fuzz.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -79,3 +80,38 @@ def test_a_long_description_is_not_remembered_but_a_large_request_is():
     values = list(range(1 << 18))   # a megabyte of data
     request = decoder.decode(simple_request("m", "a", values))
     assert len(decoder.known) == 1 and request.inputs["INPUT0"].tolist() == [values]
+
+
+def viewed_bytes(array: np.ndarray):
+    """The object whose memory an array views: its base's base, and so on."""
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
+def test_a_large_requests_tensors_are_views_of_the_bytes_it_came_in():
+    values = list(range(RequestDecoder.IN_PLACE_FROM))   # four times the size, in INT32
+    wire = simple_request("m", "a", values)
+    request = RequestDecoder().decode(wire)
+    assert request.inputs["INPUT0"].tolist() == [values] and request.id == "a"
+    assert viewed_bytes(request.inputs["INPUT0"]) is wire
+    small = RequestDecoder().decode(simple_request("m", "a", [1, 2]))
+    assert viewed_bytes(small.inputs["INPUT0"]) is not wire
+
+
+def test_a_large_request_with_a_field_of_another_wire_type_is_parsed_whole():
+    """A field unknown to naiad as a varint (a newer client's) is not length-delimited: the split
+    gives way to protobuf, which skips the field."""
+    values = list(range(RequestDecoder.IN_PLACE_FROM))
+    wire = simple_request("m", "a", values)
+    unknown_varint = bytes([(99 << 3) & 0x7F | 0x80, 99 >> 4, 5])   # field 99, wire type 0, value 5
+    assert grpc_frontend.split_raw_contents(wire + unknown_varint) is None
+    request = RequestDecoder().decode(wire + unknown_varint)
+    assert request.inputs["INPUT0"].tolist() == [values]
+
+
+def test_a_truncated_large_request_is_refused_as_protobuf_refuses_it():
+    wire = simple_request("m", "a", list(range(RequestDecoder.IN_PLACE_FROM)))[:-1]
+    assert grpc_frontend.split_raw_contents(wire) is None
+    with pytest.raises(InvalidArgument, match="ModelInferRequest"):
+        RequestDecoder().decode(wire)
