@@ -18,7 +18,6 @@ import yaml
 import harness
 
 MODEL = '''
-import numpy as np
 from naiad.backends.python_api import InferenceResponse, Tensor
 
 
