@@ -2,6 +2,7 @@
 gets one answer in bounded time, and the server stays up (and ready when it should be)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -186,9 +187,11 @@ def index_row(client: httpclient.InferenceServerClient, name: str) -> dict:
 
 
 def children(pid: int) -> set[int]:
+    """The process's child processes, from each of its threads (one that ends meanwhile has none)."""
     found = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found |= {int(p) for p in (task / "children").read_text().split()}
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found |= {int(p) for p in (task / "children").read_text().split()}
     return found
 
 
