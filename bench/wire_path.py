@@ -54,7 +54,7 @@ def measure(number: int) -> dict[str, float]:
 
     def reply_path():
         version, packed = CODEC.loads(reply).value
-        grpc_frontend.encode_response(request, version, unpack_response(packed)).SerializeToString()
+        grpc_frontend.serialize_response(request, version, unpack_response(packed))
 
     try:
         return {name: min(timeit.repeat(path, number=number, repeat=5)) / number * 1e6

@@ -413,8 +413,7 @@ class PlaneServer:
             if call.method == "infer":
                 value = (version, self._pack(response))
             else:
-                encoded = grpc_frontend.encode_response(request, version, response)
-                value = self._place(encoded.SerializeToString())
+                value = self._place(grpc_frontend.serialize_response(request, version, response))
         except Exception as e:
             self.protocol.send(Reply(call.id, error=_naiad_error(e)))
         else:

@@ -164,3 +164,11 @@ def to_raw(array: np.ndarray) -> bytes:
             parts.append(data)
         return b"".join(parts)
     return array.tobytes()   # in C order, whatever the layout
+
+
+def raw_view(array: np.ndarray):
+    """to_raw's bytes, as a view of the array where it is numeric and in C order (a bytes-like object
+    whose len() is its size): a large output is then copied once, into the message it goes out in."""
+    if array.dtype.kind in "OSU":
+        return to_raw(array)
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)

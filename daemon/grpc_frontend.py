@@ -307,12 +307,13 @@ def _placed_parameters(placed: Placed) -> dict:
     return found
 
 
-def encode_response(request: InferRequest, model_version: str, response: InferResponse
-                    ) -> pb.ModelInferResponse:
+def _response_parts(request: InferRequest, model_version: str, response: InferResponse
+                    ) -> tuple[pb.ModelInferResponse, list]:
+    """The ModelInferResponse without its raw_output_contents, and those (bytes-like), in order."""
     message = pb.ModelInferResponse(model_name=request.model_name, model_version=model_version,
                                     id=request.id)
     outputs = message.outputs
-    raw = message.raw_output_contents
+    raw = []
     for name, array in response.outputs.items():
         if isinstance(array, Placed):
             # clients read raw_output_contents[i] as outputs[i]: an output placed in shared memory
@@ -323,10 +324,41 @@ def encode_response(request: InferRequest, model_version: str, response: InferRe
             raw.append(b"")
             continue
         outputs.add(name=name, datatype=datatypes.of_array(array).name, shape=array.shape)
-        raw.append(datatypes.to_raw(array))
+        raw.append(datatypes.raw_view(array))
     for key, value in response.parameters.items():
         _set_parameter(message.parameters[key], value)
+    return message, raw
+
+
+def encode_response(request: InferRequest, model_version: str, response: InferResponse
+                    ) -> pb.ModelInferResponse:
+    message, raw = _response_parts(request, model_version, response)
+    message.raw_output_contents.extend(bytes(data) for data in raw)
     return message
+
+
+_RAW_OUTPUT_TAG = bytes([pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number << 3
+                         | _LENGTH_DELIMITED])
+
+
+def _varint_bytes(value: int) -> bytes:
+    found = bytearray()
+    while value >= 0x80:
+        found.append(value & 0x7F | 0x80)
+        value >>= 7
+    found.append(value)
+    return bytes(found)
+
+
+def serialize_response(request: InferRequest, model_version: str, response: InferResponse) -> bytes:
+    """encode_response(...).SerializeToString(), with each output's bytes copied once: protobuf
+    copies them into the message, and again each time its buffer grows while it serializes. The
+    raw_output_contents field is the message's last, where protobuf puts it too."""
+    message, raw = _response_parts(request, model_version, response)
+    parts = [message.SerializeToString()]
+    for data in raw:
+        parts += (_RAW_OUTPUT_TAG, _varint_bytes(len(data)), data)
+    return b"".join(parts)
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -395,7 +427,7 @@ class InferenceService:
         except InvalidArgument:
             request = await self._decode(parse_request(wire))   # raises the same, an unknown model first
         version, response = await self.plane.infer(request)
-        return encode_response(request, version, response).SerializeToString()
+        return serialize_response(request, version, response)
 
     async def ModelStreamInfer(self, messages, context):
         """Each request runs as it arrives; its responses (one, or a decoupled model's many, in the

@@ -364,7 +364,7 @@ def encode_response(request: InferRequest, model_version: str, response: InferRe
             continue
         entry = {"name": name, "datatype": datatypes.of_array(array).name, "shape": list(array.shape)}
         if binary_outputs.get(name, binary_default):
-            raw = datatypes.to_raw(array)
+            raw = datatypes.raw_view(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

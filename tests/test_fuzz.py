@@ -16,9 +16,10 @@ import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from naiad.daemon import datatypes, grpc_frontend, http_frontend, model_config
 from naiad.daemon.errors import Code, ConfigError, NaiadError
-from naiad.daemon.inference import InferRequest, SharedInput
+from naiad.daemon.inference import InferRequest, InferResponse, SharedInput
 from naiad.daemon.settings import Settings
 from naiad.proto import grpc_service_pb2 as pb
 
@@ -368,6 +369,29 @@ def test_raw_contents_split_from_the_wire_as_protobuf_parses_them(data):
     assert not parsed.raw_input_contents
     parsed.raw_input_contents.extend(bytes(entry) for entry in raw)
     assert parsed.SerializeToString(deterministic=True) == whole.SerializeToString(deterministic=True)
+
+
+numeric_outputs = hnp.arrays(st.sampled_from(["bool", "int8", "uint16", "<i4", "int64", "float16", "float64"]),
+                             hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12))
+bytes_outputs = st.lists(st.binary(max_size=8), max_size=5).map(lambda items: np.array(items, dtype=object))
+response_outputs = st.dictionaries(utf8_text, numeric_outputs | numeric_outputs.map(np.transpose) | bytes_outputs,
+                                   max_size=3)
+response_parameters = st.dictionaries(utf8_text, st.booleans() | INT64 | st.floats() | utf8_text,
+                                      max_size=2)
+
+
+@fuzz
+@given(response_outputs, response_parameters)
+def test_a_response_serialized_by_hand_parses_as_protobuf_serializes_it(outputs, parameters):
+    """serialize_response joins each output's bytes into the message itself: what it writes parses as
+    the message encode_response builds, and each entry holds its output in the protocol's layout
+    (transposed arrays, empty ones and BYTES included)."""
+    request = InferRequest("model", "", {}, id="7")
+    response = InferResponse(outputs, parameters=parameters)
+    parsed = pb.ModelInferResponse.FromString(grpc_frontend.serialize_response(request, "1", response))
+    built = grpc_frontend.encode_response(request, "1", response)
+    assert parsed.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
+    assert list(parsed.raw_output_contents) == [datatypes.to_raw(array) for array in outputs.values()]
 
 
 @fuzz
