@@ -351,7 +351,8 @@ def mutated_wire_bytes(draw) -> bytes:
 
 
 @fuzz
-@given(mutated_wire_bytes() | grpc_request().map(pb.ModelInferRequest.SerializeToString) | st.binary(max_size=64))
+@given(mutated_wire_bytes() | grpc_request().map(pb.ModelInferRequest.SerializeToString)
+       | st.binary(max_size=64))
 def test_raw_contents_split_from_the_wire_as_protobuf_parses_them(data):
     """Where split_raw_contents splits a message, the rest parses as the whole does (or fails as it
     does), and the raw entries are the whole's, in order."""
@@ -371,11 +372,11 @@ def test_raw_contents_split_from_the_wire_as_protobuf_parses_them(data):
     assert parsed.SerializeToString(deterministic=True) == whole.SerializeToString(deterministic=True)
 
 
-numeric_outputs = hnp.arrays(st.sampled_from(["bool", "int8", "uint16", "<i4", "int64", "float16", "float64"]),
-                             hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12))
+output_dtypes = st.sampled_from(["bool", "int8", "uint16", "<i4", "int64", "float16", "float64"])
+numeric_outputs = hnp.arrays(output_dtypes, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12))
 bytes_outputs = st.lists(st.binary(max_size=8), max_size=5).map(lambda items: np.array(items, dtype=object))
-response_outputs = st.dictionaries(utf8_text, numeric_outputs | numeric_outputs.map(np.transpose) | bytes_outputs,
-                                   max_size=3)
+any_output = numeric_outputs | numeric_outputs.map(np.transpose) | bytes_outputs
+response_outputs = st.dictionaries(utf8_text, any_output, max_size=3)
 response_parameters = st.dictionaries(utf8_text, st.booleans() | INT64 | st.floats() | utf8_text,
                                       max_size=2)
 
