@@ -2,7 +2,8 @@
 naiad's types: the HTTP request decoder, the gRPC request decoder and the model configuration loader.
 Whatever they are given, they either succeed or raise an error that blames the client (a NaiadError
 other than Internal; problems listed for a configuration), never another exception; and a request
-they accept holds arrays of exactly the shape and datatype it declares.
+they accept holds arrays of exactly the shape and datatype it declares. And the other way: a gRPC
+answer serialized by hand parses as protobuf's own.
 
 The profile is small enough for every test run; NAIAD_FUZZ_PROFILE=thorough searches much longer."""
 from __future__ import annotations
