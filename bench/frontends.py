@@ -117,15 +117,16 @@ def main() -> None:
         ceiling = [sys.executable, str(ROOT / "bench" / "grpc_ceiling.py")]
         keep("bare grpc.aio servicer", harness.start_grpc_only(ceiling))
         most = max(args.frontends)
+        naiad_most = f"naiad, --frontends {most}"
         forwarders = f"grpc.aio forwarders, {most} processes"
         keep(forwarders, harness.start_grpc_only([*ceiling, "--forwarders", str(most)]))
-        placed = (f"naiad, --frontends {most}", forwarders)   # where connections land decides their figures
+        placed = (naiad_most, forwarders)   # where connections land decides their figures
 
         header = " | ".join(f"c={c} infer/s" for c in CONCURRENCY)
         print(f"| server, model | {header} |\n| --- |" + " --- |" * len(CONCURRENCY))
         for name, server in servers.items():
             rounds = {"simple": args.batching_rounds if name in placed else 1}
-            if name in (f"naiad, --frontends {most}", "Triton"):
+            if name in (naiad_most, "Triton"):
                 rounds["simple_dyna"] = args.batching_rounds  # dynamic batching of 100 µs, batches up to 64
             for model, times in rounds.items():
                 figures = measure(args.perf_analyzer, server, model, args.seconds, times)
